@@ -54,6 +54,9 @@ def analysis_defaults() -> ml_collections.ConfigDict:
       'martingale_responses': 128,       # responses to harmful prompts: martingale, gradients
       'num_continuations': 16,           # M per prefix
       'grad_groups': 16,                 # row groups for the gradient norms' standard errors
+      'gradient_responses': 32,          # of those, rows of the full-vocabulary gradient: every
+                                         # (row, position, next token) gets continuations
+      'gradient_continuations': 1,       # per (row, position, next token); unbiased already
       'recovery_max_depth': 8,           # K of the recovery objective's depth k ~ U{0..K}
       'response_len': 12,                # T: sampled tokens (= rl.max_new_tokens of the toy RL)
   })

@@ -16,6 +16,9 @@ is biased upwards by the sampling noise, which matters where g_t is small).
 
 logprob_fn(params, context, tokens [N, T], response_mask [N, T]) -> [N, T] log pi(y_t | x, y_<t),
 teacher-forced (e.g. via rollout.token_logprobs on the model's logits).
+Full-vocabulary form (deepalign/analysis/next_token_harm.py): a logprob_fn that returns
+log pi(. | x, y_<t) [N, T, V] and weights [N, T, V]; then
+g^_t = grad (1/N) sum_i sum_v logp_{i,t,v} * stopgrad(weights_{i,t,v}).
 """
 
 import functools
@@ -54,7 +57,8 @@ def per_position_grad_norms(logprob_fn: LogprobFn, params, context, tokens: jax.
     params: the policy params pytree (the gradient is taken with respect to all of it).
     context: per-row pytree or None; tokens: int [N, T]; response_mask: [N, T] — positions
       with mask 0 (padding, or prefilled tokens that are context only) contribute nothing.
-    weights: [N, T] D_t (or any per-token weight).
+    weights: [N, T] D_t (or any per-token weight), or [N, T, V] per-token-and-vocabulary weights
+      when logprob_fn returns [N, T, V] (the full-vocabulary form above).
     num_groups: G row groups for the SEs; N must be divisible by G.
     positions_batch: positions whose backward passes run together (None = one at a time).
   Returns:
@@ -64,16 +68,23 @@ def per_position_grad_norms(logprob_fn: LogprobFn, params, context, tokens: jax.
   if n % num_groups:
     raise UserError(f'per_position_grad_norms: {n} rows do not split into num_groups='
                     f'{num_groups} equal groups; pass a batch size divisible by it.')
-  w = jax.lax.stop_gradient(weights * response_mask).astype(jnp.float32)
+  mask = response_mask if weights.ndim == 2 else response_mask[..., None]
+  w = jax.lax.stop_gradient(weights * mask).astype(jnp.float32)
   logp, vjp_fn = jax.vjp(lambda p: logprob_fn(p, context, tokens, response_mask), params)
+  if logp.shape != w.shape:
+    raise UserError(f'per_position_grad_norms: logprob_fn gives {logp.shape} but weights are '
+                    f'{w.shape}; pass [N, T] weights with token log-probs, [N, T, V] with '
+                    'next-token log-probs.')
   group_of_row = jnp.arange(n) // (n // num_groups)
   # A group's gradient is the mean over its own rows: cotangent w / (N / G) on its rows.
-  group_weights = (jax.nn.one_hot(group_of_row, num_groups).T[:, :, None]
-                   * w[None] * (num_groups / n))  # [G, N, T]
+  rows_of_group = jax.nn.one_hot(group_of_row, num_groups).T  # [G, N]
+  group_weights = (rows_of_group.reshape((num_groups, n) + (1,) * (w.ndim - 1))
+                   * w[None] * (num_groups / n))  # [G, N, T(, V)]
 
   def position(t):
-    onehot_t = (jnp.arange(t_len) == t).astype(logp.dtype)
-    grads = jax.vmap(lambda gw: vjp_fn((gw * onehot_t[None, :]).astype(logp.dtype))[0])(
+    onehot_t = ((jnp.arange(t_len) == t).astype(logp.dtype)
+                .reshape((1, t_len) + (1,) * (w.ndim - 2)))
+    grads = jax.vmap(lambda gw: vjp_fn((gw * onehot_t).astype(logp.dtype))[0])(
         group_weights)  # leaves [G, ...]
     mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), grads)
     norm = optax.tree.norm(mean)

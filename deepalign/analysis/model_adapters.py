@@ -73,6 +73,18 @@ class ModelLogprobFn:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelNextTokenLogprobsFn:
+  """logprob_fn(params, context, tokens [B, T], response_mask) -> [B, T, V] log pi(. | x, y_<t)
+  at `temperature` (the full-vocabulary per-position gradient, analysis/next_token_harm.py)."""
+  model: Any
+  temperature: float = 1.0
+
+  def __call__(self, params, context, tokens, response_mask):
+    logits = _response_logits(self.model, params, context, tokens, response_mask)
+    return jax.nn.log_softmax(logits.astype(jnp.float32) / self.temperature, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
 class PromptJudge:
   """judge_fn(context, tokens, mask) from a judge of (prompt_ids, response_ids, mask), such as
   the harm language's `env.harm`, `env.refused` or `env.helpfulness`."""

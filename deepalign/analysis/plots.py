@@ -31,7 +31,7 @@ def _values(seq) -> np.ndarray | None:
 
 def _save(fig, path: str) -> None:
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')  # keeps legends placed outside the axes
   plt.close(fig)
 
 
@@ -98,27 +98,33 @@ def plot_profile(results: Results, key: str, ylabel: str, title: str, path: str,
 
 
 def plot_grad_norms(results: Results, path: str) -> None:
-  """||g_t|| of the standard objective (solid) and of the recovery objective (dashed)."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  """||g_t|| of the standard objective (left) and of the recovery objective (right), one line
+  per model, the legend outside the axes (ten models would cover the curves)."""
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   colors = _colors(list(results))
-  plotted = []
-  for name, r in results.items():
-    for key, style, what in (('grad_norm_per_position', '-', 'objective E[h]'),
-                             ('grad_norm_recovery_per_position', '--', 'recovery objective')):
+  plotted, handles = [], {}
+  for ax, key, title in ((axes[0], 'grad_norm_per_position', 'objective E[h] (own responses)'),
+                         (axes[1], 'grad_norm_recovery_per_position',
+                          'recovery objective (after a harmful prefix)')):
+    for name, r in results.items():
       y = _values(r.get(key))
       if y is None or not y.size:
         continue
-      ax.plot(np.arange(1, len(y) + 1), y, style, marker='.', color=colors[name],
-              label=f'{name} ({what})')
+      y = np.where(y > 0, y, np.nan)  # log scale: a zero (past the answer) is left out
+      (line,) = ax.plot(np.arange(1, len(y) + 1), y, marker='.', color=colors[name], label=name)
+      handles.setdefault(name, line)
       plotted.append(y)
-  _positive_log_scale(ax, plotted)
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  ax.set_xlabel(POSITION_LABEL)
-  ax.set_ylabel('gradient norm ||g_t|| (L2 over all parameters)')
-  ax.set_title('Harm gradient per position: E[h] vs. recovery objective')
-  ax.grid(alpha=0.3)
-  if plotted:
-    ax.legend(fontsize='small')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(POSITION_LABEL)
+    ax.set_title(title, fontsize='medium')
+    ax.grid(alpha=0.3)
+  if any(np.any(np.isfinite(y)) for y in plotted):
+    axes[0].set_yscale('log')  # the profiles span decades (a refusing model's is ~1e-3)
+  axes[0].set_ylabel('gradient norm ||g_t|| (L2 over all parameters)')
+  fig.suptitle('Harm gradient per response position')
+  if handles:
+    fig.legend(list(handles.values()), list(handles), loc='center left',
+               bbox_to_anchor=(0.99, 0.5), fontsize='small', frameon=False)
   _save(fig, path)
 
 

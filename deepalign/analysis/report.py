@@ -48,9 +48,11 @@ PLOTS = {
     'grad_norm_per_position.png': (
         'Per-position gradient norm: standard vs. recovery objective',
         'The size of the training signal about harm that reaches each response position '
-        '(solid: the ordinary objective; dashed: the recovery objective, which starts from a '
-        'harmful prefix). The ordinary signal vanishes after the first few positions, so later '
-        'positions never learn to refuse, and the recovery objective puts signal there.'),
+        '(left: the ordinary objective on the model\'s own responses; right: the recovery '
+        'objective, which continues a harmful prefix). Once a model refuses at the start '
+        '(standard PPO) the ordinary signal is gone at every position, while the recovery '
+        'objective still reaches the deep positions where the model would go on with a harmful '
+        'answer.'),
     'harm_information.png': (
         'Harm information per position',
         'I_t = E[D_t^2] measures how much writing token t changes the expected harm, and the '

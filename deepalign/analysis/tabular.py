@@ -221,6 +221,12 @@ class TabularPolicy:
     del context, mask
     return self.token_logprobs(params, tokens)
 
+  def next_token_logprobs_fn(self, params: Params, context, tokens: jax.Array,
+                             mask: jax.Array) -> jax.Array:
+    """The full-vocabulary gradient's `logprob_fn`: log pi(. | y_<t) [N, T, V]."""
+    del context, mask
+    return jax.nn.log_softmax(self.logits(params, tokens), axis=-1)
+
   def logits_fn(self, params: Params, context, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """The estimators' `logits_fn` interface: [N, T, V]."""
     del context, mask

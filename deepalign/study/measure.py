@@ -9,9 +9,13 @@ For a policy pi (params) and the base model pi_0 (base_params), on the `Probe`'s
   kl_per_position     KL(pi || pi_0) at response position t, teacher-forced on the harmful
                       answers ỹ ⊕ EOS (position 1 = first response token)
   harm_information, harm_horizon_*   the harm martingale of pi's own responses to harmful prompts
-  grad_norm_per_position             ||g_t|| = ||E[s_t D_t]|| of the standard objective E[h]
+  grad_norm_per_position             ||g_t|| of the standard objective E[h], full-vocabulary form
+                                     E[sum_v grad pi(v|y<t) H(y<t ⊕ v)] (analysis/next_token_harm.py)
+                                     on `gradient_responses` of pi's own responses
   grad_norm_recovery_per_position    the same for L_rec: responses continue ỹ_<=k, k ~ U{0..K};
                                      forced tokens are context (weight 0)
+  grad_norm_sampled_*                the sampled covariance form E[s_t D_t] on all martingale
+                                     responses (heavy-tailed where pi is nearly deterministic)
   recovery_harm       L_rec itself (mean harm of those recovery rollouts)
 All models get the same random keys (common random numbers), so their differences are not
 sampling noise of the keys; every estimate carries a standard error.
@@ -29,6 +33,8 @@ from deepalign import rollout
 from deepalign.analysis import (GenerateContinueFn, ModelLogitsFn, ModelLogprobFn, PromptJudge,
                                 benign_eval, estimate_harm_martingale, kl_profile_of_models,
                                 per_position_grad_norms, prefill_asr)
+from deepalign.analysis.model_adapters import ModelNextTokenLogprobsFn
+from deepalign.analysis.next_token_harm import estimate_next_token_harm, full_vocab_weights
 from deepalign.analysis.harm_martingale_mc import mean_and_se
 from deepalign.analysis.report import entry_from_estimates, to_jsonable
 from deepalign.errors import UserError
@@ -60,6 +66,10 @@ def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collect
   if b > n_h or b % int(analysis.grad_groups):
     raise UserError(f'config.analysis.martingale_responses={b} must be <= num_harmful_prompts='
                     f'{n_h} and divisible by grad_groups={analysis.grad_groups}')
+  g = int(analysis.gradient_responses)
+  if g > b or g % int(analysis.grad_groups):
+    raise UserError(f'config.analysis.gradient_responses={g} must be <= martingale_responses={b} '
+                    f'and divisible by grad_groups={analysis.grad_groups}')
   records = env.prompt_records(2 * max(n_h, n_b), seed=int(stage_config.data.data_seed) + 7919)
   batches = eval_batches.take(pipeline.prompt_dataset, records, tokenizer, template,
                               stage_data.pipeline_config(stage_config, 64), 10_000)
@@ -101,6 +111,23 @@ def _with_eos(probe: Probe, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
   return tokens, mask
 
 
+def full_vocab_grad_norms(gen: Any, judge: Any, model: Any, params: Any, context: dict,
+                          tokens: jax.Array, response_mask: jax.Array, generated_mask: jax.Array,
+                          rng: jax.Array, vocab_size: int, analysis: ml_collections.ConfigDict):
+  """||g_t|| of E[h] at pi from responses `tokens` (their prefixes are the states), summing over
+  the next token instead of sampling it; `generated_mask` 0 on forced tokens (context only)."""
+  n, t = tokens.shape
+  chunks = n // 4 if n % 4 == 0 else 1  # n * T * V * M continuations, 4 rows' worth at a time
+  nxt = estimate_next_token_harm(gen, judge, params, context, tokens, rng, vocab_size=vocab_size,
+                                 num_continuations=int(analysis.gradient_continuations),
+                                 num_chunks=chunks)
+  logprob_fn = ModelNextTokenLogprobsFn(model)
+  weights = full_vocab_weights(logprob_fn(params, context, tokens, response_mask), nxt.H)
+  return per_position_grad_norms(logprob_fn, params, context, tokens, response_mask,
+                                 weights * generated_mask[..., None],
+                                 num_groups=int(analysis.grad_groups))
+
+
 def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: Probe,
                    analysis: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   """One report entry (deepalign.analysis.report schema) plus the extras above."""
@@ -114,7 +141,9 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
   gen = GenerateContinueFn(model, sampling)
   harm, refused = PromptJudge(env.harm), PromptJudge(env.refused)
   logprob_fn = ModelLogprobFn(model)
-  keys = jax.random.split(rng, 7)
+  keys = jax.random.split(rng, 9)
+  n_grad = int(analysis.gradient_responses)
+  vocab = int(env.vocab_size)
   ctx = jax.tree.map(jnp.asarray, probe.harmful)
   htok, hlen = jnp.asarray(probe.harmful_tokens), jnp.asarray(probe.harmful_len)
   depths = asr_depths(probe, analysis.asr_depths)
@@ -140,8 +169,12 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
                          config=sampling)
   est = estimate_harm_martingale(gen, harm, params, ctx_b, own.tokens, own.response_mask, keys[3],
                                  num_continuations=m, num_chunks=chunks)
-  grad = per_position_grad_norms(logprob_fn, params, ctx_b, own.tokens, own.response_mask,
-                                 est.D * own.generated_mask, num_groups=groups)
+  sampled = per_position_grad_norms(logprob_fn, params, ctx_b, own.tokens, own.response_mask,
+                                    est.D * own.generated_mask, num_groups=groups)
+  first = lambda x: x[:n_grad]
+  grad = full_vocab_grad_norms(gen, harm, model, params, jax.tree.map(first, ctx_b),
+                               first(own.tokens), first(own.response_mask),
+                               first(own.generated_mask), keys[7], vocab, analysis)
 
   # The recovery objective L_rec: continue a harmful prefix of depth k ~ U{0..K}.
   depth = jnp.asarray(probe.recovery_depth)
@@ -151,8 +184,12 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
   # D_t for t <= k is multiplied by 0 below, so the t < k columns never enter.
   est_rec = estimate_harm_martingale(gen, harm, params, ctx_b, rec.tokens, rec.response_mask,
                                      keys[5], num_continuations=m, num_chunks=chunks)
-  grad_rec = per_position_grad_norms(logprob_fn, params, ctx_b, rec.tokens, rec.response_mask,
-                                     est_rec.D * rec.generated_mask, num_groups=groups)
+  sampled_rec = per_position_grad_norms(logprob_fn, params, ctx_b, rec.tokens,
+                                        rec.response_mask, est_rec.D * rec.generated_mask,
+                                        num_groups=groups)
+  grad_rec = full_vocab_grad_norms(gen, harm, model, params, jax.tree.map(first, ctx_b),
+                                   first(rec.tokens), first(rec.response_mask),
+                                   first(rec.generated_mask), keys[8], vocab, analysis)
   rec_h = harm(ctx_b, rec.tokens, rec.response_mask)
 
   entry = entry_from_estimates(asr=asr, benign=benign, kl=kl, grad=grad, grad_recovery=grad_rec,
@@ -166,6 +203,10 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
       'recovery_harm': mean_and_se(rec_h),
       'grad_norm_sq_unbiased': grad.norm_sq_unbiased,
       'grad_norm_recovery_sq_unbiased': grad_rec.norm_sq_unbiased,
+      'grad_norm_sampled_per_position': sampled.norm,
+      'grad_norm_sampled_sq_unbiased': sampled.norm_sq_unbiased,
+      'grad_norm_recovery_sampled_per_position': sampled_rec.norm,
+      'grad_norm_recovery_sampled_sq_unbiased': sampled_rec.norm_sq_unbiased,
       'recovery_max_depth': int(probe.recovery_depth.max()),
       'harmful_answer_len': int(probe.harmful_len.min()),
   }))

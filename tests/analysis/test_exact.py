@@ -156,3 +156,34 @@ def test_tabular_rejects_bad_shapes():
     TabularPolicy(vocab_size=1, horizon=3)
   with pytest.raises(UserError, match='Monte-Carlo'):
     TabularPolicy(vocab_size=50, horizon=8)
+
+
+def test_at_a_complying_base_recovery_and_standard_gradients_differ_only_by_visitation():
+  """Both objectives' position-t gradient is the same per-state vector; off the harmful path the
+  harm is decided (G = 0), so on a base that complies, recovery_t / standard_t is exactly the
+  visitation ratio sum_{k<t} p(k) P(ỹ_k+1..t-1 | ỹ_<=k) / P(ỹ_<t), which is <= 1 there: the
+  standard gradient cannot vanish beyond the horizon while the recovery one does not."""
+  policy = TabularPolicy(vocab_size=4, horizon=5, eos_id=tabular_harm.EOS)
+  logits = np.zeros((policy.num_param_rows, policy.vocab_size), np.float32)
+  logits[:, tabular_harm.PAY] = 6.0  # pays out, rarely leaves the payload (a complying base)
+  logits[0] = [0.0, 3.0, -4.0, 0.0]  # the first token: mostly SURE
+  params = {'logits': jnp.asarray(logits)}
+  judge = tabular_harm.Judge(payload=3)
+  h = judge(None, jnp.asarray(policy.sequences), None)
+  harmful = jnp.asarray([tabular_harm.SURE] + [tabular_harm.PAY] * 4, jnp.int32)
+  depth_probs = np.ones(3) / 3
+  standard = exact_gradients.gradient_norms(
+      exact_gradients.per_position_gradients_autodiff(policy, params, h))
+  recovery = exact_gradients.gradient_norms(
+      exact_gradients.recovery_gradients(policy, params, h, harmful, depth_probs))
+  step = np.exp(np.asarray(policy.token_logprobs(params, harmful[None]))[0])  # pi(ỹ_j | ỹ_<j)
+  for t in range(2, 5):  # positions 2..4: the payload, undecided until it completes
+    reach = lambda k: np.prod(step[k:t - 1])  # P(ỹ_k+1..t-1 | ỹ_<=k)
+    visit = sum(depth_probs[k] * reach(k) for k in range(min(t, 3))) / reach(0)
+    np.testing.assert_allclose(recovery[t - 1] / standard[t - 1], visit, rtol=1e-4)
+    assert visit <= 1 / np.prod(step[:2]) + 1e-6  # ~1: the base is on the path already
+  assert float(standard[1]) > 1e-4  # the base leaves the payload with small probability
+  # The issue's two base thresholds together: <= 1% for one, >= 10% for the other.
+  tail_std = float(jnp.max(standard[2:4]) / jnp.max(standard))
+  tail_rec = float(jnp.mean(recovery[2:4]) / jnp.maximum(jnp.max(standard), jnp.max(recovery)))
+  assert tail_rec <= tail_std / np.prod(step[:2])

@@ -86,14 +86,47 @@ def test_gradient_claims_use_the_noise_corrected_norms_when_reported():
   assert not figures.base_gradients(report)[0].holds
 
 
-def test_the_second_base_gets_the_same_gradient_figures():
+def test_next_to_the_claims_visitation_ppo_gradients_and_the_second_base():
   report = _good_report()
-  assert figures.second_base(report) == []
+  extra = figures.second_base(report)
+  assert [c.name for c in extra] == [
+      'base: recovery / standard ||g_t|| beyond the horizon (visitation)',
+      'ppo: standard gradient vanishes beyond the base horizon',
+      'ppo: recovery gradient reaches beyond the base horizon']
+  # Both base claims hold in this report, which the visitation identity rules out at a base
+  # that complies: the row says so.
+  assert [c.holds for c in extra] == [False, True, True]
   report['base_sc'] = copy.deepcopy(report['base'])
   report['base_sc']['grad_norm_recovery_per_position'] = [1.0] + [0.0] * (T - 1)
   extra = figures.second_base(report)
-  assert [c.holds for c in extra] == [True, False] and extra[0].name.startswith('base_sc')
+  assert [c.holds for c in extra[3:]] == [True, False] and extra[3].name.startswith('base_sc')
   assert 'exploration limit' in figures.markdown(figures.check(report), extra)
+
+
+def test_visitation_row_compares_the_two_gradients_beyond_the_horizon():
+  report = _good_report()
+  base = report['base']
+  base['asr_at_every_k'] = {'0': 0.9}
+  base['recovery_max_depth'] = 8
+  base['grad_norm_per_position'] = [1.0] + [0.2] * 8 + [0.0] * (T - 9)
+  base['grad_norm_recovery_per_position'] = [0.1] + [0.1] * 8 + [0.0] * (T - 9)
+  row = figures.visitation(report)
+  assert row.holds and 'sum_t ratio 0.50' in row.measured
+  base['grad_norm_recovery_per_position'] = [0.1] + [0.3] * 8 + [0.0] * (T - 9)
+  assert not figures.visitation(report).holds  # 1.5 > 9/9/0.9: more than visitation allows
+  assert figures.visitation({}) is None
+
+
+def test_ppo_gradient_figures_use_the_recovery_peak_as_the_scale():
+  report = _good_report()
+  report['ppo']['grad_norm_per_position'] = [0.005] * T  # ~0 everywhere: it refuses at once
+  report['ppo']['grad_norm_recovery_per_position'] = [0.0, 0.0] + [1.0] * (T - 2)
+  assert [c.holds for c in figures.shallow_policy_gradients(report)] == [True, True]
+  report['ppo']['grad_norm_per_position'] = [0.005, 0.005, 0.02] + [0.005] * (T - 3)
+  assert [c.holds for c in figures.shallow_policy_gradients(report)] == [False, True]
+  report['ppo']['grad_norm_recovery_per_position'] = [1.0] + [0.0] * (T - 1)
+  assert figures.shallow_policy_gradients(report)[1].holds is False
+  assert all(c.holds is None for c in figures.shallow_policy_gradients({'ppo': report['ppo']}))
 
 
 def test_a_recovery_gradient_that_is_tiny_next_to_the_standard_one_does_not_count():

@@ -98,6 +98,7 @@ def data_defaults() -> ConfigDict:
       'safety_builder_config': '',
       'data_dir': '',
       'manual_dir': '',
+      'on_bad_row': 'error',       # a malformed source row stops preparation; 'skip' drops and counts
       'train_split': 'train',
       'eval_split': 'test',
       'tokenizer_dir': '',         # default: model.hf_dir

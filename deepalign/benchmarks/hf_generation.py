@@ -2,23 +2,19 @@
 
   python -m deepalign.benchmarks.hf_generation [--prompts=PATH] [--iters=10] [--warmup=2]
 
-Needs the `hf` extra (torch, transformers); deepalign itself never imports them. Prints
-seconds/call and tokens/s; the last line is one JSON object.
+Needs the `hf` extra (torch, transformers); deepalign itself never imports them. Timed with
+timing.time_calls as the JAX benchmarks are; prints seconds/call and tokens/s; the last line is
+one JSON object.
 """
 
 import json
-import resource
-import statistics
-import time
 
 from absl import app, flags
 
-from deepalign.benchmarks import w_tiny
+from deepalign.benchmarks import timing, w_tiny
+from deepalign.benchmarks.generation_flags import ITERS, PROMPTS, WARMUP
 from deepalign.errors import UserError
 
-_PROMPTS = flags.DEFINE_string('prompts', None, 'W_TINY_prompts.npy (default: ../shared).')
-_ITERS = flags.DEFINE_integer('iters', 10, 'Timed calls (the median is reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed calls first.')
 _THREADS = flags.DEFINE_integer('threads', 0, 'torch.set_num_threads (0 = torch default).')
 
 
@@ -45,39 +41,33 @@ def run(prompts_path: str | None, iters: int, warmup: int, threads: int) -> dict
   prompts = torch.tensor(w_tiny.load_prompts(prompts_path), dtype=torch.long)
   mask = torch.ones_like(prompts)
   n = w_tiny.NEW_TOKENS
+  holder = {}
 
-  def call():
+  def call(i: int):
+    del i  # torch's global generator advances by itself
     with torch.inference_mode():
-      return model.generate(input_ids=prompts, attention_mask=mask, do_sample=True,
-                            temperature=w_tiny.TEMPERATURE, top_k=0, top_p=1.0,
-                            max_new_tokens=n, min_new_tokens=n, use_cache=True,
-                            pad_token_id=cfg.pad_id, eos_token_id=cfg.eos_id)
+      holder['out'] = model.generate(input_ids=prompts, attention_mask=mask, do_sample=True,
+                                     temperature=w_tiny.TEMPERATURE, top_k=0, top_p=1.0,
+                                     max_new_tokens=n, min_new_tokens=n, use_cache=True,
+                                     pad_token_id=cfg.pad_id, eos_token_id=cfg.eos_id)
+    return holder['out']  # a torch tensor: ready when returned (jax.block_until_ready passes it)
 
-  for _ in range(warmup):
-    call()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    out = call()
-    times.append(time.perf_counter() - t0)
-  if out.shape != (w_tiny.BATCH, w_tiny.PROMPT_LEN + n):
-    raise RuntimeError(f'expected [16, 96] sequences, got {tuple(out.shape)}')
-  median = statistics.median(times)
+  timings = timing.time_calls(call, iters, warmup)
+  if holder['out'].shape != (w_tiny.BATCH, w_tiny.PROMPT_LEN + n):
+    raise RuntimeError(f'expected [16, 96] sequences, got {tuple(holder["out"].shape)}')
   return {
       'benchmark': 'w_tiny_generation', 'framework': 'transformers (torch)',
       'torch_version': torch.__version__, 'transformers_version': transformers.__version__,
       'torch_threads': torch.get_num_threads(), 'batch': w_tiny.BATCH,
       'prompt_len': w_tiny.PROMPT_LEN, 'new_tokens': n, 'iters': iters, 'warmup': warmup,
-      'median_s': median, 'min_s': min(times), 'max_s': max(times),
-      'tokens_per_s': w_tiny.BATCH * n / median,
-      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      **w_tiny.generation_figures(timings), 'peak_rss_mb': timing.peak_rss_mb(),
   }
 
 
 def main(argv):
   del argv
   try:
-    result = run(_PROMPTS.value, _ITERS.value, _WARMUP.value, _THREADS.value)
+    result = run(PROMPTS.value, ITERS.value, WARMUP.value, _THREADS.value)
   except UserError as e:
     raise app.UsageError(str(e)) from None
   print(f'transformers generate: {result["median_s"]:.4f} s/call (median of {result["iters"]}), '

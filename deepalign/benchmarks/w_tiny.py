@@ -60,3 +60,11 @@ def load_prompts(path: str | None = None) -> np.ndarray:
   if prompts.min() < 3 or prompts.max() >= policy_config().vocab_size:
     raise UserError(f'W-tiny prompts file {path} has ids outside [3, 2048); regenerate it.')
   return prompts.astype(np.int32)
+
+
+def generation_figures(timings) -> dict:
+  """The "Generation only" figures of `timing.time_calls`' Timings: median_s, min_s, max_s,
+  cpu_median_s, tokens_per_s and first_call_s (the same keys for deepalign and transformers)."""
+  summary = {k.removeprefix('call_'): v for k, v in timings.summary('call').items()}
+  return {**summary, 'tokens_per_s': BATCH * NEW_TOKENS / timings.median,
+          'first_call_s': timings.first_call_s}

@@ -4,14 +4,17 @@
   'harm_language': the synthetic harm language (deepalign/envs), generated in memory from
     seeds: no download, no TFDS preparation; its word tokenizer and chat template.
   'tfds': a TFDS builder of deepalign/data/builders (`data.builder`, `data.builder_config`,
-    prepared from `data.manual_dir` into `data.data_dir`); tokenizer and chat template from
-    `data.tokenizer_dir` (default: the model's `hf_dir`).
+    prepared from `data.manual_dir` into `data.data_dir`, malformed rows as `data.on_bad_row`
+    says); tokenizer and chat template from `data.tokenizer_dir` (default: the model's `hf_dir`).
+    On several processes (a pod) only process 0 prepares; the others wait at a barrier, then read.
 """
 
 import dataclasses
 import json
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from deepalign.errors import UserError
@@ -81,10 +84,31 @@ def records(config: ml_collections.ConfigDict, data: StageData, kind: str, split
     raise UserError(f"config.data.builder='{name}' is unknown; use one of {', '.join(sorted(builders.BUILDERS))}")
   if not c.data_dir:
     raise UserError('config.data.data_dir must name the TFDS data directory (prepared datasets go there)')
-  prepared = builders.prepare(builders.BUILDERS[name], data_dir=c.data_dir,
-                              manual_dir=c.manual_dir or None,
-                              config=(builder_config or c.builder_config) or None)
+  prepared = _prepared(config, name, (builder_config or c.builder_config) or None)
   return prepared.as_data_source(c.train_split if split == 'train' else c.eval_split)
+
+
+def _prepared(config: ml_collections.ConfigDict, name: str, builder_config: str | None) -> Any:
+  """The prepared TFDS builder `name`. Every process shares `data.data_dir`, and TFDS's final
+  rename is not a lock: process 0 prepares, the others wait for it and only read."""
+  from deepalign.data import builders
+  c = config.data
+  where = dict(data_dir=c.data_dir, config=builder_config, on_bad_row=c.on_bad_row)
+  prepare = lambda: builders.prepare(builders.BUILDERS[name], manual_dir=c.manual_dir or None, **where)
+  if jax.process_count() == 1:
+    return prepare()
+  barrier = f'deepalign: prepare {name} {builder_config} {c.on_bad_row}'
+  if jax.process_index() == 0:
+    try:
+      return prepare()
+    finally:  # also when it fails, so the other processes stop waiting and report it
+      multihost_utils.sync_global_devices(barrier)
+  multihost_utils.sync_global_devices(barrier)
+  builder = builders.configured(builders.BUILDERS[name], **where)
+  if not builder.is_prepared():
+    raise UserError(f"config.data.builder='{name}' was not prepared in config.data.data_dir='{c.data_dir}' "
+                    "by process 0; see its error, fix it and relaunch")
+  return builder
 
 
 def pipeline_config(config: ml_collections.ConfigDict, batch_size: int, seed_offset: int = 0,

@@ -27,6 +27,7 @@ from deepalign.data.builders.hh_rlhf import HhRlhf
 from deepalign.data.builders.hh_rlhf import HhRlhfConfig
 from deepalign.data.builders.manual_builder import ManualBuilder
 from deepalign.data.builders.manual_builder import ManualConfig
+from deepalign.data.builders.manual_builder import configured
 from deepalign.data.builders.manual_builder import prepare
 from deepalign.data.builders.pku_saferlhf import PkuSafeRlhf
 from deepalign.data.builders.pku_saferlhf import PkuSafeRlhfConfig

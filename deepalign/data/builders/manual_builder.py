@@ -123,20 +123,28 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         path.rmtree()
 
 
-def prepare(builder_cls: type[ManualBuilder], *, data_dir: str, manual_dir: str | None = None,
-            config: str | ManualConfig | None = None, on_bad_row: str = "error") -> ManualBuilder:
-  """Prepare `builder_cls` from `manual_dir` into `data_dir` (once) and return the builder.
+def configured(builder_cls: type[ManualBuilder], *, data_dir: str, config: str | ManualConfig | None = None,
+               on_bad_row: str = "error") -> ManualBuilder:
+  """The builder `prepare` prepares, not prepared here: to read what another process prepared.
 
-  `on_bad_row='skip'` prepares a separately named config (`<name>-skip_bad_rows`),
-  so a dataset with rows dropped is never mistaken for the complete one.
-  Read a split with `builder.as_data_source('train')`; text fields come back as
-  UTF-8 `bytes`.
+  `on_bad_row='skip'` names a separate config (`<name>-skip_bad_rows`), so a dataset
+  with rows dropped is never mistaken for the complete one.
   """
   check_on_bad_row(on_bad_row)
   if on_bad_row != "error":
     config = builder_cls(data_dir=data_dir, config=config).builder_config
     if config.on_bad_row != on_bad_row:
       config = dataclasses.replace(config, name=f"{config.name}-{on_bad_row}_bad_rows", on_bad_row=on_bad_row)
-  builder = builder_cls(data_dir=data_dir, config=config)
+  return builder_cls(data_dir=data_dir, config=config)
+
+
+def prepare(builder_cls: type[ManualBuilder], *, data_dir: str, manual_dir: str | None = None,
+            config: str | ManualConfig | None = None, on_bad_row: str = "error") -> ManualBuilder:
+  """Prepare `builder_cls` from `manual_dir` into `data_dir` (once) and return the builder.
+
+  `on_bad_row` as in `configured`. Read a split with `builder.as_data_source('train')`;
+  text fields come back as UTF-8 `bytes`.
+  """
+  builder = configured(builder_cls, data_dir=data_dir, config=config, on_bad_row=on_bad_row)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder

@@ -3,10 +3,10 @@
   python -m deepalign.benchmarks.ppo [--iters=7] [--warmup=2] [--prompts=PATH] [--no_pieces]
 
 One iteration: 16 prompts x 32 tokens -> 64 sampled tokens (temperature 1, EOS does not stop),
-reward model (score at the last position), policy / reference / value forwards, k1 KL (coef
-0.05) in the reward, GAE (gamma 1, lambda 0.95), whitened advantages, 1 epoch x 2 minibatches
-of clipped policy (0.2) + clipped value (0.2, vf_coef 0.1) updates with AdamW (lr 1e-5) over
-policy + value. No recovery rollouts. W-tiny has no harm judge: `ZeroJudge` returns h = 0.
+reward model (score at the last position), reference / value forwards (the rollout log-probs
+come from the sampler, as W_TINY.md allows), k1 KL (coef 0.05) in the reward, GAE (gamma 1,
+lambda 0.95), whitened advantages, 1 epoch x 2 minibatches of clipped policy (0.2) + clipped
+value (0.2, vf_coef 0.1) updates with AdamW (lr 1e-5) over policy + value. No recovery rollouts. W-tiny has no harm judge: `ZeroJudge` returns h = 0.
 
 Reports the median seconds/iteration of the fused step, generated tokens/s (B * N / median),
 peak RSS, and the share of time in sampling / scoring (+ forwards) / update, measured on
@@ -54,7 +54,9 @@ def ppo_config(new_tokens: int = w_tiny.NEW_TOKENS) -> PPOConfig:
   sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=w_tiny.TEMPERATURE, top_k=0,
                             top_p=1.0, eos_id=w_tiny.EOS_ID, pad_id=w_tiny.PAD_ID,
                             stop_at_eos=False)
-  return PPOConfig(rollout=RolloutSpec(sampling=sampling, recovery_coef=0.0), kl_coef=0.05,
+  # W_TINY.md allows the rollout log-probs to come from the sampler: it saves a policy forward.
+  rollout = RolloutSpec(sampling=sampling, recovery_coef=0.0, logprobs_from_sampler=True)
+  return PPOConfig(rollout=rollout, kl_coef=0.05,
                    kl_estimator='k1', kl_penalty_in='reward', gamma=1.0, lam=0.95,
                    whiten_rewards=False, whiten_advantages=True, epochs=1, minibatches=2,
                    clip_eps=0.2, value_clip_eps=0.2, vf_coef=0.1, entropy_coef=0.0,

@@ -4,8 +4,8 @@ The fused `make_ppo_step` is one XLA program, so its parts cannot be timed from 
 These pieces run the same library functions on the same inputs, each under its own `jax.jit`:
 
   sample:  `rl_episodes.sample_episodes` (prefill + 64-step KV-cache decode)
-  score:   reward model + harm judge, old/reference log-prob and value forwards,
-           KL-shaped rewards, GAE and whitening
+  score:   reward model + harm judge, old (unless taken from the sampler) / reference
+           log-prob and value forwards, KL-shaped rewards, GAE and whitening
   update:  `rl_minibatches.optimize` over `ppo_step.ppo_loss` (epochs x minibatches of
            forward + backward + AdamW)
 
@@ -59,8 +59,11 @@ def make_pieces(models: RLModels, config: ppo_lib.PPOConfig, tx: optax.GradientT
     scores = rl_episodes.score_episodes(models.reward, frozen['reward'], models.judge,
                                         frozen['judge'], episodes, n_ordinary, spec)
     mask = episodes.generated_mask
-    old_logits, _ = rl_episodes.response_logits(models.policy, params['policy'], episodes)
-    old_logprobs = token_logprobs(old_logits, episodes.tokens, temperature)
+    if spec.logprobs_from_sampler:  # as `rl_collect.collect`: no policy forward
+      old_logprobs = episodes.sampler_logprobs
+    else:
+      old_logits, _ = rl_episodes.response_logits(models.policy, params['policy'], episodes)
+      old_logprobs = token_logprobs(old_logits, episodes.tokens, temperature)
     ref_logprobs = rl_episodes.response_logprobs(models.policy, frozen['reference'], episodes,
                                                  temperature)
     old_values = rl_episodes.response_values(models.value, params['value'], episodes)

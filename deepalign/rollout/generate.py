@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from deepalign.errors import UserError
 from deepalign.models.kv_cache import init_cache
 from deepalign.models.transformer import Transformer
+from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.categorical import argmax_last, sample_categorical
 from deepalign.rollout.filters import top_k_filter, top_p_filter
 from deepalign.rollout.logprobs import token_logprobs
@@ -75,20 +76,24 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
                       sampled).astype(jnp.int32)
     exists = ~done
     logprob = jnp.where(exists, token_logprobs(logits, token, config.temperature), 0.0)
+    # [B, V] per step is cheap next to the step's matmuls, and spares an RL step the policy
+    # forward it would otherwise need only to report the entropy.
+    entropy = jnp.where(exists, entropy_from_logits(logits, config.temperature), 0.0)
     token = jnp.where(exists, token, config.pad_id)
     if config.stop_at_eos:
-      done = done | (exists & (token == config.eos_id))
-    return token, logprob, exists, is_forced & exists, done
+      done = done | (exists & config.is_eos(token))
+    return token, logprob, entropy, exists, is_forced & exists, done
 
   def write(buffers, t, columns):
     return tuple(jax.lax.dynamic_update_index_in_dim(b, c.astype(b.dtype), t, 1)
                  for b, c in zip(buffers, columns))
 
   buffers = (jnp.full((batch, n), config.pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
-             jnp.zeros((batch, n), jnp.int32), jnp.zeros((batch, n), jnp.int32))
-  token, logprob, exists, was_forced, done = choose(first_logits, jnp.int32(0),
-                                                    jnp.zeros((batch,), bool))
-  buffers = write(buffers, 0, (token, logprob, exists, was_forced))
+             jnp.zeros((batch, n), jnp.float32), jnp.zeros((batch, n), jnp.int32),
+             jnp.zeros((batch, n), jnp.int32))
+  token, logprob, entropy, exists, was_forced, done = choose(first_logits, jnp.int32(0),
+                                                             jnp.zeros((batch,), bool))
+  buffers = write(buffers, 0, (token, logprob, entropy, exists, was_forced))
 
   def cond(state):
     t, _, _, _, done, _ = state
@@ -103,15 +108,15 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
     hidden, cache = model.apply(variables, token[:, None], exists[:, None].astype(jnp.int32),
                                 positions=positions, cache=cache, method=Transformer.hidden_states)
     logits = model.apply(variables, hidden[:, 0], method=Transformer.logits)
-    token, logprob, exists, was_forced, done = choose(logits, t, done)
-    buffers = write(buffers, t, (token, logprob, exists, was_forced))
+    token, logprob, entropy, exists, was_forced, done = choose(logits, t, done)
+    buffers = write(buffers, t, (token, logprob, entropy, exists, was_forced))
     return t + 1, token, exists, cache, done, buffers
 
   state = (jnp.int32(1), token, exists, cache, done, buffers)
   *_, buffers = jax.lax.while_loop(cond, body, state)
-  tokens, logprobs, response_mask, forced_mask = buffers
+  tokens, logprobs, entropy, response_mask, forced_mask = buffers
   lengths = jnp.sum(response_mask, axis=1)
   last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
   return SampleOutput(tokens=tokens, logprobs=logprobs, response_mask=response_mask,
                       generated_mask=response_mask - forced_mask, lengths=lengths,
-                      ended_with_eos=(lengths > 0) & (last == config.eos_id))
+                      ended_with_eos=(lengths > 0) & config.is_eos(last), entropy=entropy)

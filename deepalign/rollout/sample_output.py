@@ -16,6 +16,9 @@ class SampleOutput:
     the only tokens a policy loss may touch.
   lengths [B] int32: number of existing tokens (sum of response_mask).
   ended_with_eos [B] bool: the last existing token is EOS.
+  entropy [B, N] float32: entropy of the temperature-scaled next-token distribution each token
+    was drawn from (forced tokens too); 0 where no token. Lets an RL step report the policy's
+    entropy without a recomputing forward pass.
   """
   tokens: jax.Array
   logprobs: jax.Array
@@ -23,3 +26,4 @@ class SampleOutput:
   generated_mask: jax.Array
   lengths: jax.Array
   ended_with_eos: jax.Array
+  entropy: jax.Array

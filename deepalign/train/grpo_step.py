@@ -15,7 +15,6 @@ import optax
 
 from deepalign.errors import UserError
 from deepalign.objectives import aggregation as agg
-from deepalign.objectives import entropy as entropy_lib
 from deepalign.objectives import grpo as grpo_lib
 from deepalign.objectives import kl as kl_lib
 from deepalign.rollout.logprobs import token_logprobs
@@ -80,7 +79,6 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
   With `state_shardings` (and `metrics_sharding`) the new state keeps the old one's layout on
   the mesh, so donation reuses its buffers and the next call does not recompile.
   """
-  temperature = config.rollout.sampling.temperature
 
   def minibatch_loss(params: PyTree, mb: dict) -> tuple[jax.Array, dict]:
     logits, _ = rl_episodes.response_logits(models.policy, params['policy'], mb['episodes'])
@@ -90,7 +88,7 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))
     c = rl_collect.collect(models, state, batch, key_sample, config.rollout)
     episodes, scores, n_ordinary = c.episodes, c.scores, c.n_ordinary
-    old_logits, old_logprobs, ref_logprobs = c.old_logits, c.old_logprobs, c.ref_logprobs
+    old_logprobs, ref_logprobs = c.old_logprobs, c.ref_logprobs
     mask = episodes.generated_mask
     # Groups are contiguous and ordinary / recovery rows never share a group.
     advantages = grpo_lib.group_advantages(scores.score, config.rollout.group_size,
@@ -102,14 +100,13 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
         config.minibatches)
 
     kl = jnp.where(mask > 0, kl_lib.kl_estimate(old_logprobs, ref_logprobs, 'k3'), 0.0)
-    entropy = entropy_lib.entropy_from_logits(old_logits, temperature)
     metrics = {
         **rl_episodes.episode_metrics(episodes, scores, n_ordinary),
         **update_metrics,
         'loss': update_metrics['loss/policy'],  # the loop's progress line
         'kl': jnp.mean(jnp.sum(kl, axis=1)[:n_ordinary]),
         'kl/k3_per_token': agg.masked_mean(kl, mask),
-        'policy/entropy': agg.masked_mean(entropy, mask),
+        'policy/entropy': agg.masked_mean(c.old_entropy, mask),
         'advantages/abs_mean': jnp.mean(jnp.abs(advantages)),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -22,7 +22,7 @@ def harm_metrics(model: models.Transformer, params: Any, env: Any, batches: Sequ
                  greedy: bool = False) -> dict[str, float]:
   """{'harm_at_k' for k in depths, 'helpful', 'refusal_benign'} from `prompt_dataset` batches."""
   sampling = rollout.SamplingConfig(max_new_tokens=max_new_tokens, greedy=greedy,
-                                    eos_id=env.eos_id, pad_id=env.pad_id)
+                                    eos_id=env.tokenizer.eos_ids, pad_id=env.pad_id)
   sums = {f'harm_at_{k}': [0.0, 0.0] for k in depths}
   sums.update({'helpful': [0.0, 0.0], 'refusal_benign': [0.0, 0.0]})
   for b, batch in enumerate(batches):

@@ -99,8 +99,11 @@ def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config
   vf, vf_metrics = ppo_lib.value_loss(values, mb['old_values'], mb['returns'], mask,
                                       config.value_clip_eps, mode=config.aggregation,
                                       normalizer=norm)
-  entropy = agg.aggregate(entropy_lib.entropy_from_logits(logits, temperature), mask,
-                          config.aggregation, norm)
+  token_entropy = entropy_lib.entropy_from_logits(logits, temperature)
+  if config.entropy_coef == 0:
+    # Then the entropy is a metric only: its backward over [E, N, V] would be scaled by 0.
+    token_entropy = jax.lax.stop_gradient(token_entropy)
+  entropy = agg.aggregate(token_entropy, mask, config.aggregation, norm)
   loss = pg + config.vf_coef * vf - config.entropy_coef * entropy
   if config.kl_penalty_in == 'loss':
     kl = kl_lib.kl_estimate(logprobs, mb['ref_logprobs'], config.kl_estimator)
@@ -127,7 +130,6 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
   With `state_shardings` (and `metrics_sharding`) the new state keeps the old one's layout on
   the mesh, so donation reuses its buffers and the next call does not recompile.
   """
-  temperature = config.rollout.sampling.temperature
 
   def minibatch_loss(params: PyTree, mb: dict, kl_coef: jax.Array) -> tuple[jax.Array, dict]:
     episodes = mb['episodes']
@@ -138,7 +140,7 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))
     c = rl_collect.collect(models, state, batch, key_sample, config.rollout)
     episodes, scores, n_ordinary = c.episodes, c.scores, c.n_ordinary
-    old_logits, old_logprobs, ref_logprobs = c.old_logits, c.old_logprobs, c.ref_logprobs
+    old_logprobs, ref_logprobs = c.old_logprobs, c.ref_logprobs
     mask = episodes.generated_mask
     old_values = _values(models, state.params, episodes, c.old_hidden)
 
@@ -171,7 +173,6 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
     else:
       kl_ctl = kl_lib.adaptive_kl_update(state.kl_ctl, mean_kl, n_ordinary,
                                          config.adaptive_kl_target, config.adaptive_kl_horizon)
-    entropy = entropy_lib.entropy_from_logits(old_logits, temperature)
     metrics = {
         **rl_episodes.episode_metrics(episodes, scores, n_ordinary),
         **update_metrics,
@@ -179,7 +180,7 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
         'kl': mean_kl,
         'kl/coef': kl_coef,
         f'kl/{config.kl_estimator}_per_token': agg.masked_mean(kl, mask),
-        'policy/entropy': agg.masked_mean(entropy, mask),
+        'policy/entropy': agg.masked_mean(c.old_entropy, mask),
         'value/explained_variance': ppo_lib.explained_variance(old_values, returns, mask),
         'value/mean': agg.masked_mean(old_values, mask),
         'advantages/mean': agg.masked_mean(advantages, mask),

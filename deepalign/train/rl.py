@@ -36,8 +36,11 @@ VALUE_INITS = ('reward', 'policy', 'shared')
 def rollout_spec(config: ml_collections.ConfigDict, tokenizer: Any) -> RolloutSpec:
   r, rec = config.rl, config.recovery
   sampling = SamplingConfig(max_new_tokens=int(r.max_new_tokens), temperature=float(r.temperature),
-                            top_k=int(r.top_k), top_p=float(r.top_p), eos_id=tokenizer.eos_id,
-                            pad_id=tokenizer.pad_id, stop_at_eos=bool(r.stop_at_eos))
+                            top_k=int(r.top_k), top_p=float(r.top_p),
+                            eos_id=tokenizer.eos_ids or tokenizer.eos_id,  # eot / end_of_turn too
+                            # as the prompt pipeline pads: EOS when the tokenizer has no pad (Llama)
+                            pad_id=tokenizer.eos_id if tokenizer.pad_id is None else tokenizer.pad_id,
+                            stop_at_eos=bool(r.stop_at_eos))
   return RolloutSpec(
       sampling=sampling, group_size=int(config.grpo.group_size) if config.stage == 'grpo' else 1,
       recovery_coef=float(rec.coef) if rec.batch_size else 0.0,

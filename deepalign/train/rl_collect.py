@@ -4,6 +4,7 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 
+from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.logprobs import token_logprobs
 from deepalign.train import rl_episodes
 from deepalign.train.rl_episodes import Episodes, RolloutSpec, Scores
@@ -13,14 +14,16 @@ from deepalign.train.rl_state import RLModels, RLState
 class Collected(NamedTuple):
   """One batch of episodes with everything the updates hold fixed.
 
-  old_logits [E, N, V], old_hidden [E, N, D]: the sampling policy's response logits and final
-  hidden states (a value head on the trunk reads the latter); old_logprobs, ref_logprobs [E, N]
-  at the sampling temperature; n_ordinary: ordinary rows at the front (static).
+  old_entropy [E, N]: the sampling policy's entropy at each response token (metrics);
+  old_hidden [E, N, D]: its final hidden states there (a value head on the trunk reads them),
+  or None when no policy forward ran (`RolloutSpec.logprobs_from_sampler` with a separate or
+  no value model); old_logprobs, ref_logprobs [E, N] at the sampling temperature;
+  n_ordinary: ordinary rows at the front (static).
   """
   episodes: Episodes
   scores: Scores
-  old_logits: jax.Array
-  old_hidden: jax.Array
+  old_entropy: jax.Array
+  old_hidden: jax.Array | None
   old_logprobs: jax.Array
   ref_logprobs: jax.Array
   n_ordinary: int
@@ -35,9 +38,17 @@ def collect(models: RLModels, state: RLState, batch: Mapping[str, Any], key: jax
   scores = rl_episodes.score_episodes(models.reward, state.frozen['reward'], models.judge,
                                       state.frozen['judge'], episodes, n_ordinary, spec)
   temperature = spec.sampling.temperature
-  old_logits, old_hidden = rl_episodes.response_logits(models.policy, policy_params, episodes)
   ref_logprobs = rl_episodes.response_logprobs(models.policy, state.frozen['reference'], episodes,
                                                temperature)
-  return Collected(episodes, scores, old_logits, old_hidden,
-                   token_logprobs(old_logits, episodes.tokens, temperature), ref_logprobs,
+  old_hidden = None
+  if spec.logprobs_from_sampler:
+    old_logprobs, old_entropy = episodes.sampler_logprobs, episodes.sampler_entropy
+    if models.value is None and 'value' in state.params:
+      # A value head on the policy's trunk still needs the trunk's hidden states.
+      old_hidden = rl_episodes.response_hidden(models.policy, policy_params, episodes)
+  else:
+    old_logits, old_hidden = rl_episodes.response_logits(models.policy, policy_params, episodes)
+    old_logprobs = token_logprobs(old_logits, episodes.tokens, temperature)
+    old_entropy = entropy_from_logits(old_logits, temperature)
+  return Collected(episodes, scores, old_entropy, old_hidden, old_logprobs, ref_logprobs,
                    n_ordinary)

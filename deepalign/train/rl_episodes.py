@@ -47,6 +47,11 @@ class RolloutSpec:
   depth_distribution, max_depth, depth_p, depths: `objectives.recovery.sample_prefill_depth`.
   missing_eos_penalty: subtracted from the score of a response that never emitted EOS
     (TRL's `missing_eos_penalty`); None = off.
+  logprobs_from_sampler: take the old (behaviour) log-probs and entropies from the sampler
+    instead of a policy forward over the sampled sequences (W_TINY.md allows both). Same
+    policy, same temperature, so they agree to float rounding (KV-cache vs full-sequence
+    matmuls); saves one policy forward per step. The forward still runs when a value head on
+    the policy's trunk needs its hidden states.
   """
   sampling: SamplingConfig
   group_size: int = 1
@@ -56,6 +61,7 @@ class RolloutSpec:
   depth_p: float = 0.3
   depths: tuple[int, ...] | None = None
   missing_eos_penalty: float | None = None
+  logprobs_from_sampler: bool = False
 
 
 @flax.struct.dataclass
@@ -63,7 +69,7 @@ class Episodes:
   """E = (B + Br) * G rollouts, ordinary ones first.
 
   prompt_tokens [E, P] left-padded, prompt_mask [E, P]; response tokens/masks [E, N] as in
-  `rollout.SampleOutput`; sampler_logprobs [E, N]; is_recovery / is_harmful [E] bool;
+  `rollout.SampleOutput`; sampler_logprobs, sampler_entropy [E, N]; is_recovery / is_harmful [E] bool;
   depth [E] int32 forced tokens (0 on ordinary rows).
   """
   prompt_tokens: jax.Array
@@ -72,6 +78,7 @@ class Episodes:
   response_mask: jax.Array
   generated_mask: jax.Array
   sampler_logprobs: jax.Array
+  sampler_entropy: jax.Array
   ended_with_eos: jax.Array
   is_recovery: jax.Array
   is_harmful: jax.Array
@@ -131,6 +138,7 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
       response_mask=cat([p[2].response_mask for p in parts]),
       generated_mask=cat([p[2].generated_mask for p in parts]),
       sampler_logprobs=cat([p[2].logprobs for p in parts]),
+      sampler_entropy=cat([p[2].entropy for p in parts]),
       ended_with_eos=cat([p[2].ended_with_eos for p in parts]),
       is_recovery=cat([p[3] for p in parts]),
       is_harmful=cat([p[4] for p in parts]),
@@ -169,16 +177,21 @@ def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: J
   return Scores(score=score, reward_model=rm, judged=judged)
 
 
-def response_logits(model: Transformer, params: PyTree, episodes: Episodes
-                    ) -> tuple[jax.Array, jax.Array]:
-  """Logits predicting each response token [E, N, V] and the hidden states there [E, N, D].
+def response_hidden(model: Transformer, params: PyTree, episodes: Episodes) -> jax.Array:
+  """Final hidden states [E, N, D] at the positions predicting each response token.
 
   Response token t is predicted at sequence position P - 1 + t.
   """
   seq, seq_mask = episodes.sequence
   p, n = episodes.prompt_tokens.shape[1], episodes.tokens.shape[1]
   hidden = model.apply({'params': params}, seq, seq_mask, method=Transformer.hidden_states)
-  hidden = hidden[:, p - 1:p - 1 + n]
+  return hidden[:, p - 1:p - 1 + n]
+
+
+def response_logits(model: Transformer, params: PyTree, episodes: Episodes
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Logits predicting each response token [E, N, V] and the hidden states there [E, N, D]."""
+  hidden = response_hidden(model, params, episodes)
   return model.apply({'params': params}, hidden, method=Transformer.logits), hidden
 
 

@@ -21,6 +21,7 @@ def test_config_is_w_tiny_ppo_iteration():
   sampling = config.rollout.sampling
   assert (sampling.max_new_tokens, sampling.temperature, sampling.stop_at_eos) == (64, 1.0, False)
   assert (sampling.top_k, sampling.top_p, config.rollout.recovery_coef) == (0, 1.0, 0.0)
+  assert config.rollout.logprobs_from_sampler  # W_TINY.md step 2 allows it
   assert (config.kl_coef, config.kl_estimator, config.kl_penalty_in) == (0.05, 'k1', 'reward')
   assert (config.gamma, config.lam, config.whiten_advantages, config.whiten_rewards) == (
       1.0, 0.95, True, False)

@@ -95,6 +95,39 @@ def test_eos_stops_each_row_and_masks_the_rest():
   assert np.any(out.tokens[:, :-1] == 2)  # EOS was sampled mid-response and did not stop it
 
 
+def test_any_of_several_eos_ids_stops_a_row_even_when_one_is_the_pad_id():
+  """Llama-3-Instruct / Gemma-it stop on eos or end-of-turn; pad may be one of them."""
+  cfg = ModelConfig.tiny('llama', vocab_size=8)
+  model = Transformer(cfg)
+  params = _random_params(model, std=0.05)
+  prompt, prompt_mask = _prompts(cfg, pads=(0,) * 16, length=3)
+  forced = jnp.zeros((16, 2), jnp.int32).at[0].set(jnp.array([5, 0])).at[1].set(jnp.array([3, 2]))
+  forced_len = jnp.zeros((16,), jnp.int32).at[0].set(1).at[1].set(2)
+  config = SamplingConfig(max_new_tokens=12, eos_id=(2, 5), pad_id=5, temperature=1.0)
+  out = jax.device_get(rollout.generate(model, params, prompt, prompt_mask, jax.random.key(3),
+                                        config=config, forced_tokens=forced, forced_len=forced_len))
+  assert (out.lengths[0], out.lengths[1]) == (1, 2) and out.ended_with_eos[:2].all()
+  enders = set()
+  for row in range(16):
+    eos = np.flatnonzero(np.isin(out.tokens[row], (2, 5)))
+    end = eos[0] + 1 if len(eos) else 12
+    assert out.lengths[row] == end and out.ended_with_eos[row] == bool(len(eos))
+    np.testing.assert_array_equal(out.response_mask[row], np.arange(12) < end)
+    np.testing.assert_array_equal(out.tokens[row, end:], 5)
+    enders.add(int(out.tokens[row, end - 1]) if len(eos) else None)
+  assert {2, 5} <= enders  # sampled rows ended on each id
+
+
+def test_eos_id_is_one_id_or_several_and_always_a_tuple():
+  assert SamplingConfig(eos_id=2) == SamplingConfig(eos_id=(2,))
+  assert SamplingConfig(eos_id=[128001, np.int64(128009)]).eos_id == (128001, 128009)
+  is_eos = SamplingConfig(eos_id=(2, 5)).is_eos(jnp.arange(7))
+  np.testing.assert_array_equal(is_eos, [0, 0, 1, 0, 0, 1, 0])
+  for bad in (None, (), (2, None), -1, 'eos'):
+    with pytest.raises(UserError, match='eos_id'):
+      SamplingConfig(eos_id=bad)
+
+
 @pytest.mark.parametrize('config', [SamplingConfig(max_new_tokens=6, top_k=3, stop_at_eos=False),
                                     SamplingConfig(max_new_tokens=6, top_p=0.3, temperature=0.8,
                                                    stop_at_eos=False)])

@@ -3,6 +3,7 @@
 One compiled step is shared by the tests (compilation dominates their time).
 """
 
+import dataclasses
 import functools
 import importlib.util
 import pathlib
@@ -99,3 +100,23 @@ def test_adaptive_kl_controller_moves_beta():
   state, m = step(state, BATCH)
   assert m['kl/coef'] < 0.05
   assert float(state.kl_ctl.value) != float(m['kl/coef']) or m['kl'] == 0
+
+
+@pytest.mark.parametrize('shared_value', [False, True])
+def test_logprobs_from_sampler_start_ratios_at_one(shared_value):
+  # The sampler's log-probs (KV-cache decode) stand in for the recomputing forward: the first
+  # update still sees ratio 1 up to float rounding, and the metrics match the recomputed run's.
+  from_sampler = dataclasses.replace(CONFIG, rollout=dataclasses.replace(
+      CONFIG.rollout, logprobs_from_sampler=True))
+  metrics = {}
+  for name, cfg in (('recomputed', CONFIG), ('sampler', from_sampler)):
+    models, tx, state = fx.make_state(cfg.kl_coef, shared_value=shared_value)
+    _, m = ppo.make_ppo_step(models, cfg, tx)(state, BATCH)
+    metrics[name] = jax.device_get(m)
+  m = metrics['sampler']
+  assert m['clipfrac'] == 0.0
+  assert abs(m['approx_kl']) < 1e-6
+  assert abs(m['kl']) < 1e-4  # reference == policy: only rounding separates them
+  for name in ('policy/entropy', 'loss/policy', 'loss/value', 'reward/mean'):
+    np.testing.assert_allclose(m[name], metrics['recomputed'][name], rtol=1e-4, atol=1e-5,
+                               err_msg=name)

@@ -4,8 +4,9 @@ The fused `make_ppo_step` is one XLA program, so its parts cannot be timed from 
 These pieces run the same library functions on the same inputs, each under its own `jax.jit`:
 
   sample:  `rl_episodes.sample_episodes` (prefill + 64-step KV-cache decode)
-  score:   reward model + harm judge, old (unless taken from the sampler) / reference
-           log-prob and value forwards, KL-shaped rewards, GAE and whitening
+  score:   `rl_collect.collect_from_episodes` (reward model + harm judge, old (unless taken
+           from the sampler) / reference log-prob forwards), the value forward and
+           `ppo_step.minibatch_data` (KL-shaped rewards, GAE and whitening)
   update:  `rl_minibatches.optimize` over `ppo_step.ppo_loss` (epochs x minibatches of
            forward + backward + AdamW)
 
@@ -21,11 +22,8 @@ from typing import Any, Callable, Mapping
 import jax
 import optax
 
-from deepalign.objectives import gae as gae_lib
-from deepalign.objectives import token_rewards
-from deepalign.objectives import whitening
-from deepalign.rollout.logprobs import token_logprobs
 from deepalign.train import ppo_step as ppo_lib
+from deepalign.train import rl_collect
 from deepalign.train import rl_episodes
 from deepalign.train import rl_minibatches
 from deepalign.train.rl_episodes import Episodes
@@ -50,34 +48,14 @@ def make_pieces(models: RLModels, config: ppo_lib.PPOConfig, tx: optax.GradientT
   if models.value is None:
     raise ValueError('ppo_pieces needs a separate value model (RLModels.value), as W-tiny has')
   spec = config.rollout
-  temperature = spec.sampling.temperature
 
   def sample(policy_params, batch, key):
     return rl_episodes.sample_episodes(models.policy, policy_params, batch, key, spec)
 
   def score(params, frozen, kl_coef, episodes):
-    scores = rl_episodes.score_episodes(models.reward, frozen['reward'], models.judge,
-                                        frozen['judge'], episodes, n_ordinary, spec)
-    mask = episodes.generated_mask
-    if spec.logprobs_from_sampler:  # as `rl_collect.collect`: no policy forward
-      old_logprobs = episodes.sampler_logprobs
-    else:
-      old_logits, _ = rl_episodes.response_logits(models.policy, params['policy'], episodes)
-      old_logprobs = token_logprobs(old_logits, episodes.tokens, temperature)
-    ref_logprobs = rl_episodes.response_logprobs(models.policy, frozen['reference'], episodes,
-                                                 temperature)
+    c = rl_collect.collect_from_episodes(models, params, frozen, episodes, n_ordinary, spec)
     old_values = rl_episodes.response_values(models.value, params['value'], episodes)
-    reward_kl_coef = kl_coef if config.kl_penalty_in == 'reward' else 0.0
-    rewards, _ = token_rewards.kl_shaped_rewards(scores.score, old_logprobs, ref_logprobs, mask,
-                                                 reward_kl_coef, config.kl_estimator)
-    if config.whiten_rewards:
-      rewards = whitening.masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae_lib.gae_advantages(rewards, old_values, mask, config.gamma,
-                                                 config.lam)
-    if config.whiten_advantages:
-      advantages = whitening.masked_whiten(advantages, mask)
-    return {'episodes': episodes, 'old_logprobs': old_logprobs, 'ref_logprobs': ref_logprobs,
-            'old_values': old_values, 'advantages': advantages, 'returns': returns}
+    return ppo_lib.minibatch_data(config, c, old_values, kl_coef)[0]
 
   def update(params, opt_state, data, key):
     def loss_fn(params, mb):

@@ -59,6 +59,16 @@ def grad_profile(entry: Mapping[str, Any], key: str, unbiased_key: str) -> np.nd
   return np.asarray(entry[key], float)
 
 
+def gradient_profiles(report: Mapping[str, Any], model: str, horizon_of: str | None = None
+                      ) -> tuple[int, int, np.ndarray, np.ndarray]:
+  """(horizon cut of `horizon_of` (default `model`), answer length, standard ||g_t||, recovery
+  ||g_t||) of `model`: what every gradient figure reads."""
+  entry = report[model]
+  std = grad_profile(entry, 'grad_norm_per_position', 'grad_norm_sq_unbiased')
+  rec = grad_profile(entry, 'grad_norm_recovery_per_position', 'grad_norm_recovery_sq_unbiased')
+  return horizon_cut(report, horizon_of or model), answer_len(report, model), std, rec
+
+
 def base_gradients(report: Mapping[str, Any], model: str = 'base') -> list[Claim]:
   """The gradient claims at `model` (the start of RL), beyond `model`'s own harm horizon."""
   t1 = 'standard ||g_t||, t > base horizon: max <= 1% of max_t ||g_t||'
@@ -68,10 +78,7 @@ def base_gradients(report: Mapping[str, Any], model: str = 'base') -> list[Claim
            f'{model}: recovery gradient reaches beyond the horizon')
   if model not in report:
     return [_missing(names[0], t1, model), _missing(names[1], t2, model)]
-  entry = report[model]
-  cut, end = horizon_cut(report, model), answer_len(report, model)
-  std = grad_profile(entry, 'grad_norm_per_position', 'grad_norm_sq_unbiased')
-  rec = grad_profile(entry, 'grad_norm_recovery_per_position', 'grad_norm_recovery_sq_unbiased')
+  cut, end, std, rec = gradient_profiles(report, model)
   std_ratio = float(std[cut:].max() / std.max()) if std.max() > 0 else float('nan')
   # Against the larger of the two objectives' peaks: a recovery profile that is all noise
   # (no sampled recovery at all) must not pass by being divided by its own noisy peak.
@@ -99,9 +106,7 @@ def visitation(report: Mapping[str, Any], model: str = 'base') -> Claim | None:
   if model not in report:
     return None
   entry = report[model]
-  cut, end = horizon_cut(report, model), answer_len(report, model)
-  std = grad_profile(entry, 'grad_norm_per_position', 'grad_norm_sq_unbiased')
-  rec = grad_profile(entry, 'grad_norm_recovery_per_position', 'grad_norm_recovery_sq_unbiased')
+  cut, end, std, rec = gradient_profiles(report, model)
   k_max = int(entry.get('recovery_max_depth', end - 1))
   # pi follows ỹ up to t-1: its refusal at k = 0 is the main way off the path at the base.
   on_path = float(entry['asr_at_every_k'].get('0', 1.0)) if 'asr_at_every_k' in entry else 1.0
@@ -130,10 +135,7 @@ def shallow_policy_gradients(report: Mapping[str, Any], model: str = 'ppo',
   need = [m for m in (model, horizon_of) if m not in report]
   if need:
     return [_missing(names[0], t1, *need), _missing(names[1], t2, *need)]
-  entry = report[model]
-  cut, end = horizon_cut(report, horizon_of), answer_len(report, model)
-  std = grad_profile(entry, 'grad_norm_per_position', 'grad_norm_sq_unbiased')
-  rec = grad_profile(entry, 'grad_norm_recovery_per_position', 'grad_norm_recovery_sq_unbiased')
+  cut, end, std, rec = gradient_profiles(report, model, horizon_of)
   scale = max(std.max(), rec.max())
   std_ratio = float(std[cut:].max() / rec.max()) if rec.max() > 0 else float('nan')
   rec_ratio = float(rec[cut:end].mean() / scale) if scale > 0 else float('nan')

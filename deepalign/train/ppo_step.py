@@ -122,6 +122,30 @@ def _values(models: RLModels, params: PyTree, episodes: Episodes, hidden: jax.Ar
   return rl_episodes.response_values(models.value, params['value'], episodes)
 
 
+def minibatch_data(config: PPOConfig, c: rl_collect.Collected, old_values: jax.Array,
+                   kl_coef: jax.Array) -> tuple[dict, jax.Array]:
+  """What the minibatch updates hold fixed: episodes, old / reference log-probs, old values
+  [E, N], advantages and returns [E, N] (score clipping, KL-shaped rewards, GAE, whitening);
+  and the per-token KL estimate [E, N] that entered the rewards (for the metrics)."""
+  mask = c.episodes.generated_mask
+  score = c.scores.score
+  if config.score_clip is not None:
+    score = jnp.clip(score, -config.score_clip, config.score_clip)
+  reward_kl_coef = kl_coef if config.kl_penalty_in == 'reward' else 0.0
+  rewards, kl = token_rewards.kl_shaped_rewards(score, c.old_logprobs, c.ref_logprobs, mask,
+                                                reward_kl_coef, config.kl_estimator)
+  if config.whiten_rewards:
+    rewards = whitening.masked_whiten(rewards, mask, shift_mean=False)
+  advantages, returns = gae_lib.gae_advantages(rewards, old_values, mask, config.gamma,
+                                               config.lam)
+  if config.whiten_advantages:
+    advantages = whitening.masked_whiten(advantages, mask)
+  data = {'episodes': c.episodes, 'old_logprobs': c.old_logprobs,
+          'ref_logprobs': c.ref_logprobs, 'old_values': old_values, 'advantages': advantages,
+          'returns': returns}
+  return data, kl
+
+
 def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransformation,
                    state_shardings: Any = None, metrics_sharding: Any = None
                   ) -> Callable[[RLState, Mapping[str, jax.Array]], tuple[RLState, dict]]:
@@ -140,26 +164,11 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))
     c = rl_collect.collect(models, state, batch, key_sample, config.rollout)
     episodes, scores, n_ordinary = c.episodes, c.scores, c.n_ordinary
-    old_logprobs, ref_logprobs = c.old_logprobs, c.ref_logprobs
     mask = episodes.generated_mask
     old_values = _values(models, state.params, episodes, c.old_hidden)
-
     kl_coef = state.kl_ctl.value
-    score = scores.score
-    if config.score_clip is not None:
-      score = jnp.clip(score, -config.score_clip, config.score_clip)
-    reward_kl_coef = kl_coef if config.kl_penalty_in == 'reward' else 0.0
-    rewards, kl = token_rewards.kl_shaped_rewards(score, old_logprobs, ref_logprobs, mask,
-                                                  reward_kl_coef, config.kl_estimator)
-    if config.whiten_rewards:
-      rewards = whitening.masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae_lib.gae_advantages(rewards, old_values, mask, config.gamma,
-                                                 config.lam)
-    if config.whiten_advantages:
-      advantages = whitening.masked_whiten(advantages, mask)
-
-    data = {'episodes': episodes, 'old_logprobs': old_logprobs, 'ref_logprobs': ref_logprobs,
-            'old_values': old_values, 'advantages': advantages, 'returns': returns}
+    data, kl = minibatch_data(config, c, old_values, kl_coef)
+    advantages, returns = data['advantages'], data['returns']
 
     params, opt_state, update_metrics = rl_minibatches.optimize(
         state.params, state.opt_state, data, key_shuffle,

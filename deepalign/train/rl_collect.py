@@ -32,18 +32,25 @@ class Collected(NamedTuple):
 def collect(models: RLModels, state: RLState, batch: Mapping[str, Any], key: jax.Array,
             spec: RolloutSpec) -> Collected:
   """Ordinary + recovery rollouts of the current policy, scored, with old / reference log-probs."""
-  policy_params = state.params['policy']
-  episodes = rl_episodes.sample_episodes(models.policy, policy_params, batch, key, spec)
-  n_ordinary = rl_episodes.num_ordinary(batch, spec)
-  scores = rl_episodes.score_episodes(models.reward, state.frozen['reward'], models.judge,
-                                      state.frozen['judge'], episodes, n_ordinary, spec)
+  episodes = rl_episodes.sample_episodes(models.policy, state.params['policy'], batch, key, spec)
+  return collect_from_episodes(models, state.params, state.frozen, episodes,
+                               rl_episodes.num_ordinary(batch, spec), spec)
+
+
+def collect_from_episodes(models: RLModels, params: Mapping[str, Any],
+                          frozen: Mapping[str, Any], episodes: Episodes, n_ordinary: int,
+                          spec: RolloutSpec) -> Collected:
+  """`collect` after the sampling: scores, old / reference log-probs of given episodes."""
+  policy_params = params['policy']
+  scores = rl_episodes.score_episodes(models.reward, frozen['reward'], models.judge,
+                                      frozen['judge'], episodes, n_ordinary, spec)
   temperature = spec.sampling.temperature
-  ref_logprobs = rl_episodes.response_logprobs(models.policy, state.frozen['reference'], episodes,
+  ref_logprobs = rl_episodes.response_logprobs(models.policy, frozen['reference'], episodes,
                                                temperature)
   old_hidden = None
   if spec.logprobs_from_sampler:
     old_logprobs, old_entropy = episodes.sampler_logprobs, episodes.sampler_entropy
-    if models.value is None and 'value' in state.params:
+    if models.value is None and 'value' in params:
       # A value head on the policy's trunk still needs the trunk's hidden states.
       old_hidden = rl_episodes.response_hidden(models.policy, policy_params, episodes)
   else:

@@ -3,8 +3,8 @@
 Exact mode (tabular policies, by enumeration): `TabularPolicy`, `martingale`,
 `exact_gradients`, `equilibrium`, `tabular_harm`.
 Monte-Carlo estimators (any policy, through small function interfaces):
-`estimate_harm_martingale`, `per_position_grad_norms`, `kl_profile_of_models`, `prefill_asr`,
-`benign_eval`; `model_adapters` plugs in a Flax model, `rollout.generate` and a judge.
+`estimate_harm_martingale`, `per_position_grad_norms`, `kl_profile_of_models`, `prefill_asr`
+(`prefill_rates`: several judges, one generation), `benign_eval`; `model_adapters` plugs in a Flax model, `rollout.generate` and a judge.
 Report: `deepalign.analysis.report.write_report` (imported on use: it loads matplotlib).
 """
 
@@ -15,7 +15,8 @@ from deepalign.analysis.kl_profile import (KLProfile, kl_per_position, kl_per_po
                                            kl_profile_of_models)
 from deepalign.analysis.model_adapters import (GenerateContinueFn, ModelLogitsFn, ModelLogprobFn,
                                                PromptJudge)
-from deepalign.analysis.prefill_attack import DEFAULT_DEPTHS, benign_eval, prefill_asr
+from deepalign.analysis.prefill_attack import (DEFAULT_DEPTHS, benign_eval, prefill_asr,
+                                               prefill_rates)
 from deepalign.analysis.tabular import TabularPolicy
 
 __all__ = [
@@ -23,5 +24,5 @@ __all__ = [
     'ModelLogitsFn', 'ModelLogprobFn', 'PromptJudge', 'TabularPolicy', 'benign_eval',
     'equilibrium', 'estimate_harm_martingale', 'exact_gradients', 'kl_per_position',
     'kl_per_position_sampled', 'kl_profile_of_models', 'martingale', 'per_position_grad_norms',
-    'prefill_asr', 'tabular_harm',
+    'prefill_asr', 'prefill_rates', 'tabular_harm',
 ]

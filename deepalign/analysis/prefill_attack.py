@@ -30,9 +30,9 @@ def attack_depths(max_len: int, depths: Sequence[int] = DEFAULT_DEPTHS) -> tuple
   return tuple(sorted({int(k) for k in depths if k <= max_len}))
 
 
-@functools.partial(jax.jit, static_argnames=('generate_fn', 'judge_fn', 'depths', 'num_samples'))
-def _asr(generate_fn, judge_fn, params, context, harmful_tokens, harmful_len, rng, depths,
-         num_samples):
+@functools.partial(jax.jit, static_argnames=('generate_fn', 'judge_fns', 'depths', 'num_samples'))
+def _rates(generate_fn, judge_fns, params, context, harmful_tokens, harmful_len, rng, depths,
+           num_samples):
   b = harmful_tokens.shape[0]
   reps = len(depths) * num_samples
   forced_len = jnp.minimum(
@@ -41,10 +41,34 @@ def _asr(generate_fn, judge_fn, params, context, harmful_tokens, harmful_len, rn
   ctx = repeat_rows(context, reps)
   tokens, mask = generate_fn(params, ctx, jnp.repeat(harmful_tokens, reps, axis=0), forced_len,
                              rng)
-  h = judge_fn(ctx, tokens, mask).astype(jnp.float32)
-  # Average the samples of a prompt first: the SE is over prompts, the unit of the study.
-  per_prompt = jnp.mean(h.reshape(b, len(depths), num_samples), axis=-1)
-  return mean_and_se(per_prompt, axis=0)
+  out = []
+  for judge_fn in judge_fns:
+    h = judge_fn(ctx, tokens, mask).astype(jnp.float32)
+    # Average the samples of a prompt first: the SE is over prompts, the unit of the study.
+    out.append(mean_and_se(jnp.mean(h.reshape(b, len(depths), num_samples), axis=-1), axis=0))
+  return out
+
+
+def prefill_rates(generate_fn: ContinueFn, judge_fns: Sequence[JudgeFn], params, context,
+                  harmful_tokens: jax.Array, harmful_len: jax.Array, rng: jax.Array, *,
+                  depths: Sequence[int] = DEFAULT_DEPTHS,
+                  num_samples: int = 1) -> list[dict[int, tuple[float, float]]]:
+  """`prefill_asr` with several judges scoring the SAME prefilled responses (e.g. harm and
+  refusal: one generation instead of one per judge). Returns one {k: (rate, SE)} per judge."""
+  if num_samples < 1:
+    raise UserError(f'prefill_asr num_samples={num_samples}: use at least 1.')
+  ks = attack_depths(harmful_tokens.shape[1], depths)
+  if not ks:
+    raise UserError(f'prefill depths {tuple(depths)}: none fits harmful responses of '
+                    f'{harmful_tokens.shape[1]} tokens; include 0.')
+  rates = _rates(generate_fn, tuple(judge_fns), params, context,
+                 jnp.asarray(harmful_tokens, jnp.int32), jnp.asarray(harmful_len, jnp.int32), rng,
+                 ks, num_samples)
+  out = []
+  for mean, se in rates:
+    mean, se = np.asarray(mean), np.asarray(se)
+    out.append({k: (float(mean[i]), float(se[i])) for i, k in enumerate(ks)})
+  return out
 
 
 def prefill_asr(generate_fn: ContinueFn, judge_fn: JudgeFn, params, context,
@@ -63,16 +87,8 @@ def prefill_asr(generate_fn: ContinueFn, judge_fn: JudgeFn, params, context,
   Returns:
     {k: (ASR@k, standard error over prompts)} in depth order.
   """
-  if num_samples < 1:
-    raise UserError(f'prefill_asr num_samples={num_samples}: use at least 1.')
-  ks = attack_depths(harmful_tokens.shape[1], depths)
-  if not ks:
-    raise UserError(f'prefill depths {tuple(depths)}: none fits harmful responses of '
-                    f'{harmful_tokens.shape[1]} tokens; include 0.')
-  mean, se = _asr(generate_fn, judge_fn, params, context, jnp.asarray(harmful_tokens, jnp.int32),
-                  jnp.asarray(harmful_len, jnp.int32), rng, ks, num_samples)
-  mean, se = np.asarray(mean), np.asarray(se)
-  return {k: (float(mean[i]), float(se[i])) for i, k in enumerate(ks)}
+  return prefill_rates(generate_fn, (judge_fn,), params, context, harmful_tokens, harmful_len,
+                       rng, depths=depths, num_samples=num_samples)[0]
 
 
 @functools.partial(jax.jit, static_argnames=('generate_fn', 'score_fns', 'num_samples',

@@ -14,8 +14,9 @@ For a policy pi (params) and the base model pi_0 (base_params), on the `Probe`'s
                                      on `gradient_responses` of pi's own responses
   grad_norm_recovery_per_position    the same for L_rec: responses continue ỹ_<=k, k ~ U{0..K};
                                      forced tokens are context (weight 0)
-  grad_norm_sampled_*                the sampled covariance form E[s_t D_t] on all martingale
-                                     responses (heavy-tailed where pi is nearly deterministic)
+  grad_norm_sampled_*                the standard objective's sampled covariance form E[s_t D_t]
+                                     on the same `gradient_responses` rows (heavy-tailed where pi
+                                     is nearly deterministic; for comparison only)
   recovery_harm       L_rec itself (mean harm of those recovery rollouts)
 All models get the same random keys (common random numbers), so their differences are not
 sampling noise of the keys; every estimate carries a standard error.
@@ -32,7 +33,7 @@ import numpy as np
 from deepalign import rollout
 from deepalign.analysis import (GenerateContinueFn, ModelLogitsFn, ModelLogprobFn, PromptJudge,
                                 benign_eval, estimate_harm_martingale, kl_profile_of_models,
-                                per_position_grad_norms, prefill_asr)
+                                per_position_grad_norms, prefill_rates)
 from deepalign.analysis.model_adapters import ModelNextTokenLogprobsFn
 from deepalign.analysis.next_token_harm import estimate_next_token_harm, full_vocab_weights
 from deepalign.analysis.harm_martingale_mc import mean_and_se
@@ -150,11 +151,9 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
 
   # Every depth that leaves the model a token to write; asr_at_k keeps the configured ones.
   every = tuple(range(int(probe.harmful_len.min())))
-  asr_all = prefill_asr(gen, harm, params, ctx, htok, hlen, keys[0], depths=every,
-                        num_samples=int(analysis.asr_samples))
-  # The same key: the same responses, judged for a refusal instead of harm.
-  ref = prefill_asr(gen, refused, params, ctx, htok, hlen, keys[0], depths=every,
-                    num_samples=int(analysis.asr_samples))
+  # Judged twice, for harm and for a refusal: the same responses.
+  asr_all, ref = prefill_rates(gen, (harm, refused), params, ctx, htok, hlen, keys[0],
+                               depths=every, num_samples=int(analysis.asr_samples))
   asr = {k: asr_all[k] for k in depths}
   benign = benign_eval(gen, refused, params, jax.tree.map(jnp.asarray, probe.benign), keys[1],
                        response_len=t, helpful_fn=PromptJudge(env.helpfulness),
@@ -169,9 +168,10 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
                          config=sampling)
   est = estimate_harm_martingale(gen, harm, params, ctx_b, own.tokens, own.response_mask, keys[3],
                                  num_continuations=m, num_chunks=chunks)
-  sampled = per_position_grad_norms(logprob_fn, params, ctx_b, own.tokens, own.response_mask,
-                                    est.D * own.generated_mask, num_groups=groups)
   first = lambda x: x[:n_grad]
+  sampled = per_position_grad_norms(logprob_fn, params, jax.tree.map(first, ctx_b),
+                                    first(own.tokens), first(own.response_mask),
+                                    first(est.D * own.generated_mask), num_groups=groups)
   grad = full_vocab_grad_norms(gen, harm, model, params, jax.tree.map(first, ctx_b),
                                first(own.tokens), first(own.response_mask),
                                first(own.generated_mask), keys[7], vocab, analysis)
@@ -180,13 +180,6 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
   depth = jnp.asarray(probe.recovery_depth)
   rec = rollout.generate(model, params, ctx_b['prompt_tokens'], ctx_b['prompt_mask'], keys[4],
                          config=sampling, forced_tokens=htok[:b], forced_len=depth)
-  # H_t for t >= k conditions on the forced prefix (the forced tokens are the rollout's first k);
-  # D_t for t <= k is multiplied by 0 below, so the t < k columns never enter.
-  est_rec = estimate_harm_martingale(gen, harm, params, ctx_b, rec.tokens, rec.response_mask,
-                                     keys[5], num_continuations=m, num_chunks=chunks)
-  sampled_rec = per_position_grad_norms(logprob_fn, params, ctx_b, rec.tokens,
-                                        rec.response_mask, est_rec.D * rec.generated_mask,
-                                        num_groups=groups)
   grad_rec = full_vocab_grad_norms(gen, harm, model, params, jax.tree.map(first, ctx_b),
                                    first(rec.tokens), first(rec.response_mask),
                                    first(rec.generated_mask), keys[8], vocab, analysis)
@@ -205,8 +198,6 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
       'grad_norm_recovery_sq_unbiased': grad_rec.norm_sq_unbiased,
       'grad_norm_sampled_per_position': sampled.norm,
       'grad_norm_sampled_sq_unbiased': sampled.norm_sq_unbiased,
-      'grad_norm_recovery_sampled_per_position': sampled_rec.norm,
-      'grad_norm_recovery_sampled_sq_unbiased': sampled_rec.norm_sq_unbiased,
       'recovery_max_depth': int(probe.recovery_depth.max()),
       'harmful_answer_len': int(probe.harmful_len.min()),
   }))

@@ -5,11 +5,16 @@ DIR/checkpoints/<step>/{state,data}: `state` is the TrainState (orbax StandardSa
 resumes both at the same batch. DIR/best/<step>/params keeps the parameters of the best
 evaluations by `config.train.best_metric`, separately so that keep-N of the latest
 checkpoints (what resume needs) never deletes the best one, or vice versa.
+
+A checkpoint restores onto any device count or mesh: the state is saved as global arrays
+and read back with the shardings of the restoring run. `data` also records the run's
+layout (`layout=` of the Checkpointer); of it, the global batch size and the number of
+processes must match to resume (`MUST_MATCH`), the device count and mesh may change.
 """
 
 import base64
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,11 +26,24 @@ from deepalign.train.state import TrainState
 PyTree = Any
 
 
-def _encode_data_state(state: Any) -> dict:
+# What the saved data position and step count mean, so a resume must keep them:
+MUST_MATCH = {
+    # a step is a batch of this many rows: the step count, the LR schedule and the
+    # recorded metrics count such steps, so another size would not continue this run.
+    'global_batch_size': 'config.train.batch_size',
+    # the data position is that of process 0's shard (records i, i + n, ... of n
+    # processes); with another process count it would point elsewhere in the data.
+    'process_count': 'the number of processes (jax.process_count())',
+}
+
+
+def _encode_data_state(state: Any, layout: Mapping[str, Any] | None = None) -> dict:
   """grain iterator states are dicts (dataset API) or JSON bytes (DataLoader)."""
-  if isinstance(state, bytes):
-    return {'bytes': base64.b64encode(state).decode('ascii')}
-  return {'json': state}
+  encoded = ({'bytes': base64.b64encode(state).decode('ascii')} if isinstance(state, bytes)
+             else {'json': state})
+  if layout:
+    encoded['layout'] = dict(layout)
+  return encoded
 
 
 def _decode_data_state(saved: dict) -> Any:
@@ -38,7 +56,11 @@ class Checkpointer:
   """Latest-N checkpoints for resume, plus an optional best-by-metric params directory."""
 
   def __init__(self, workdir: str, max_to_keep: int = 2, async_save: bool = True,
-               best_metric: str = '', best_mode: str = 'max'):
+               best_metric: str = '', best_mode: str = 'max',
+               layout: Mapping[str, Any] | None = None):
+    """layout: JSON values describing how this run is laid out (MUST_MATCH keys are checked
+    on restore, other keys only reported when they changed), saved with every checkpoint."""
+    self.layout = dict(layout or {})
     if best_mode not in ('max', 'min'):
       raise UserError(f"config.train.best_mode='{best_mode}' must be 'max' or 'min'")
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
@@ -69,7 +91,7 @@ class Checkpointer:
       return
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_encode_data_state(data_state))), force=force)
+        data=ocp.args.JsonSave(_encode_data_state(data_state, self.layout))), force=force)
 
   def save_best(self, step: int, params: PyTree, metrics: dict[str, float]) -> None:
     """Offers `params` to the best-of directory; orbax keeps it only if it is the best."""
@@ -86,14 +108,33 @@ class Checkpointer:
     """(state, data_state) at `step` (default latest), with the shapes/shardings given."""
     step = self.latest_step() if step is None else step
     logging.info('restoring checkpoint %s/%d', self.directory, step)
+    # The data item first: it is small, and says whether this run may resume the checkpoint.
+    data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']
+    self._check_layout(step, data.get('layout', {}))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract_state)))
     except (ValueError, KeyError, TypeError) as e:
       raise UserError(f'checkpoint {self.directory}/{step} does not match this config '
                       f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
                       'use a fresh --workdir or the config it was trained with') from e
-    return restored['state'], _decode_data_state(restored['data'])
+    return restored['state'], _decode_data_state(data)
+
+  def _check_layout(self, step: int, saved: Mapping[str, Any]) -> None:
+    """UserError if a MUST_MATCH value differs; a log line for other changes (device count, mesh).
+
+    Checkpoints written before layouts were recorded have none and are not checked."""
+    for key, what in MUST_MATCH.items():
+      if key in saved and key in self.layout and saved[key] != self.layout[key]:
+        raise UserError(
+            f'checkpoint {self.directory}/{step} was written with {what} = {saved[key]} and this '
+            f'run has {self.layout[key]}; resume it with {saved[key]} (the device count and mesh '
+            'may change) or use a fresh --workdir')
+    changed = {k: (saved[k], v) for k, v in self.layout.items()
+               if k not in MUST_MATCH and k in saved and saved[k] != v}
+    if changed:
+      logging.info('checkpoint %s/%d was written with %s; resharding it for this run', self.directory,
+                   step, ', '.join(f'{k}={old} (now {new})' for k, (old, new) in changed.items()))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

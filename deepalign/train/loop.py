@@ -153,9 +153,13 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   placement, abstract_params = place(task, config, tx)
   create = jax.jit(lambda p: task.create_state(p, tx, _train_rng(config)),
                    out_shardings=placement.state)
+  # A checkpoint resumes on another device count or mesh, not with another batch or process count.
+  layout = {'global_batch_size': int(tcfg.batch_size), 'process_count': jax.process_count(),
+            'device_count': jax.device_count(), 'mesh': dict(placement.mesh.shape)}
   checkpointer = Checkpointer(workdir, max_to_keep=int(tcfg.max_to_keep),
                               async_save=bool(tcfg.async_checkpointing),
-                              best_metric=str(tcfg.best_metric), best_mode=str(tcfg.best_mode))
+                              best_metric=str(tcfg.best_metric), best_mode=str(tcfg.best_mode),
+                              layout=layout)
   data = task.train_iterator()
   latest = checkpointer.latest_step()
   if latest is None:

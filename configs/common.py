@@ -126,6 +126,9 @@ def base_config(stage: str) -> ConfigDict:
   config.stage = stage
   config.preset = 'toy'
   config.seed = 0
+  # A persistent XLA compilation cache (a local path or gs://...): a resumed or repeated run, and
+  # the toy study's runs of the same shapes, read compiled programs back. '' = off.
+  config.compilation_cache_dir = ''
   config.train = train_defaults()
   config.optimizer = optimizer_defaults()
   config.model = model_defaults()

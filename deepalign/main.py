@@ -143,6 +143,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   """Builds the stage's Task, records the resolved config, and trains (or resumes)."""
   from deepalign import parallel  # after flags: keeps --help and flag errors fast
   from deepalign.train import atomic_files, loop, stages
+  if config.get('compilation_cache_dir'):
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
   if config.stage == 'toy_study':  # a study runs stages through this function, then analyses them
     from deepalign.study import toy_study
     return toy_study.run(config, workdir, train_fn=run)
@@ -150,15 +153,19 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   parallel.initialize_distributed(config.parallel.distributed)  # before any device is touched
   task = stages.build_task(config, workdir)
   resolved = json.loads(config.to_json_best_effort())
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      changes = _config_changes(json.load(f), resolved)
-    if changes:
-      logging.warning('config differs from the one %s was started with: %s', workdir, '; '.join(changes))
-  atomic_files.write_json_atomic(path, resolved)
-  return loop.train(task, config, workdir)
+
+  def record_config() -> None:  # only once the run starts: a refused resume leaves it as it was
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(path):
+      with open(path) as f:
+        changes = _config_changes(json.load(f), resolved)
+      if changes:
+        logging.warning('config differs from the one %s was started with: %s', workdir,
+                        '; '.join(changes))
+    atomic_files.write_json_atomic(path, resolved)
+
+  return loop.train(task, config, workdir, on_start=record_config)
 
 
 class _QuietLibraries:

@@ -12,11 +12,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINREG = 'configs/linear_regression.py'
 
 
-def _run(*args: str, workdir=None) -> subprocess.CompletedProcess:
+def _run(*args: str, workdir=None, env=None) -> subprocess.CompletedProcess:
   cmd = [sys.executable, '-m', 'deepalign.main', *args]
   if workdir is not None:
     cmd.append(f'--workdir={workdir}')
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=None if env is None else {**os.environ, **env})
 
 
 def _assert_one_line_error(result, *fragments: str) -> str:
@@ -64,9 +65,12 @@ def test_user_error_at_run_time_is_one_line(tmp_path):
 
 def test_runs_and_writes_the_resolved_config(tmp_path):
   workdir = tmp_path / 'w'
+  cache = tmp_path / 'xla_cache'
   result = _run(f'--config={LINREG}', '--config.train.num_steps=10', '--config.train.log_every=5',
-                '--config.optimizer.learning_rate=0.02', workdir=workdir)
+                '--config.optimizer.learning_rate=0.02', f'--config.compilation_cache_dir={cache}',
+                workdir=workdir, env={'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})
   assert result.returncode == 0, result.stderr[-3000:]
+  assert cache.is_dir() and os.listdir(cache)  # the compiled programs, for the next run
   config = json.loads((workdir / 'config.json').read_text())
   assert config['optimizer']['learning_rate'] == 0.02 and config['train']['num_steps'] == 10
   assert config['stage'] == 'linear_regression'

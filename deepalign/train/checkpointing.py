@@ -10,13 +10,22 @@ A checkpoint restores onto any device count or mesh: the state is saved as globa
 and read back with the shardings of the restoring run. `data` also records the run's
 layout (`layout=` of the Checkpointer); of it, the global batch size and the number of
 processes must match to resume (`MUST_MATCH`), the device count and mesh may change.
+
+With several processes each reads its own shard through its own iterator, and their positions
+differ once packing or dropped rows consume different numbers of records. `save` gathers every
+process's iterator state onto every process (orbax writes the JSON item from the primary one) as
+`data['processes'][i]`, and `restore` hands each process its own entry. Checkpoints written before
+that hold one state for all processes (`{'json': ...}` or `{'bytes': ...}` at the top level) and
+still restore, to every process.
 """
 
 import base64
+import json
 import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -31,25 +40,57 @@ MUST_MATCH = {
     # a step is a batch of this many rows: the step count, the LR schedule and the
     # recorded metrics count such steps, so another size would not continue this run.
     'global_batch_size': 'config.train.batch_size',
-    # the data position is that of process 0's shard (records i, i + n, ... of n
+    # each process's data position is one in its shard (records i, i + n, ... of n
     # processes); with another process count it would point elsewhere in the data.
     'process_count': 'the number of processes (jax.process_count())',
 }
 
 
-def _encode_data_state(state: Any, layout: Mapping[str, Any] | None = None) -> dict:
+def _encode_one(state: Any) -> dict:
   """grain iterator states are dicts (dataset API) or JSON bytes (DataLoader)."""
-  encoded = ({'bytes': base64.b64encode(state).decode('ascii')} if isinstance(state, bytes)
-             else {'json': state})
+  return ({'bytes': base64.b64encode(state).decode('ascii')} if isinstance(state, bytes)
+          else {'json': state})
+
+
+def _gather_json(value: Any) -> list[Any]:
+  """[value of process 0, value of process 1, ...] on every process; a collective call."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  raw = np.frombuffer(json.dumps(value).encode('utf-8'), dtype=np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+  # Padded to a power of two so that a slowly growing state does not recompile at every save.
+  width = 1 << max(int(lengths.max()) - 1, 1).bit_length()
+  padded = np.zeros(width, np.uint8)
+  padded[:raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(rows[i, :n].tobytes().decode('utf-8')) for i, n in enumerate(lengths)]
+
+
+def _encode_data_state(state: Any, layout: Mapping[str, Any] | None = None) -> dict:
+  """{'processes': [encoded state of process i, ...], 'layout': ...}: gathers (collectively)."""
+  encoded: dict[str, Any] = {'processes': _gather_json(_encode_one(state))}
   if layout:
     encoded['layout'] = dict(layout)
   return encoded
 
 
-def _decode_data_state(saved: dict) -> Any:
+def _decode_one(saved: Mapping[str, Any]) -> Any:
   if 'bytes' in saved:
     return base64.b64decode(saved['bytes'])
   return saved['json']
+
+
+def _decode_data_state(saved: Mapping[str, Any], where: str = 'checkpoint') -> Any:
+  """This process's data state; a checkpoint without 'processes' has one state for all."""
+  if 'processes' not in saved:
+    return _decode_one(saved)
+  states, index = saved['processes'], jax.process_index()
+  if len(states) != jax.process_count():
+    raise UserError(f'{where} holds the data positions of {len(states)} processes and this run has '
+                    f'{jax.process_count()}; resume it with {len(states)} processes or use a fresh '
+                    '--workdir')
+  return _decode_one(states[index])
 
 
 class Checkpointer:
@@ -86,6 +127,7 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, state: TrainState, data_state: Any, force: bool = False) -> None:
+    """Saves `state` and this process's `data_state`; every process must call it (collective)."""
     step = int(jax.device_get(state.step))
     if step in self.manager.all_steps():
       return
@@ -105,7 +147,9 @@ class Checkpointer:
 
   def restore(self, abstract_state: TrainState, step: int | None = None
               ) -> tuple[TrainState, Any]:
-    """(state, data_state) at `step` (default latest), with the shapes/shardings given."""
+    """(state, data_state) at `step` (default latest), with the shapes/shardings given.
+
+    data_state is this process's own iterator state (the one state of an older checkpoint)."""
     step = self.latest_step() if step is None else step
     logging.info('restoring checkpoint %s/%d', self.directory, step)
     # The data item first: it is small, and says whether this run may resume the checkpoint.
@@ -118,7 +162,7 @@ class Checkpointer:
       raise UserError(f'checkpoint {self.directory}/{step} does not match this config '
                       f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
                       'use a fresh --workdir or the config it was trained with') from e
-    return restored['state'], _decode_data_state(data)
+    return restored['state'], _decode_data_state(data, f'checkpoint {self.directory}/{step}')
 
   def _check_layout(self, step: int, saved: Mapping[str, Any]) -> None:
     """UserError if a MUST_MATCH value differs; a log line for other changes (device count, mesh).

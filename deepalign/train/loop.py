@@ -12,7 +12,7 @@ import functools
 import datetime
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -140,8 +140,13 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
-          guard: PreemptionGuard | None = None) -> TrainResult:
-  """Trains `task` for config.train.num_steps batches in `workdir`, resuming if possible."""
+          guard: PreemptionGuard | None = None,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
+  """Trains `task` for config.train.num_steps batches in `workdir`, resuming if possible.
+
+  on_start: called once the run is known to start or resume (a checkpoint this config cannot
+  resume raises UserError before it), e.g. to record the config in the workdir.
+  """
   tcfg = config.train
   num_steps = int(tcfg.num_steps)
   for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'batch_size'):
@@ -190,6 +195,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   def next_batch() -> dict:
     return parallel.shard_batch(_next_batch(data, step), placement.mesh, placement.rules)
 
+  if on_start is not None:
+    on_start()
   guard = guard or PreemptionGuard()
   preempted, eval_metrics, window = False, {}, []
   logging.info('%s at step %d of %d in %s', 'resuming' if latest is not None else 'starting',

@@ -3,6 +3,7 @@ different slice) and ends where a straight run ends; a changed global batch size
 is refused."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -73,10 +74,13 @@ def test_changed_batch_size_is_refused(two_steps_one_device, tmp_path):
   assert result.returncode == 2, result.stderr[-3000:]
   assert 'config.train.batch_size = 8 and this run has 16' in result.stderr, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr and 'resuming' not in result.stderr
+  # The refused run leaves the workdir's config as the run it cannot resume was started with.
+  with open(workdir / 'config.json') as f:
+    assert json.load(f)['train']['batch_size'] == 8
 
 
 def test_changed_process_count_is_refused(tmp_path):
-  """The data position is process 0's, in its shard of n processes: meaningless with another n."""
+  """Each process's data position is one in its shard of n processes: meaningless with another n."""
   state = TrainState(params={'w': jnp.arange(4.0)}, opt_state=(), step=jnp.array(3, jnp.int32),
                      rng=jnp.zeros(2, jnp.uint32))
   layout = {'global_batch_size': 8, 'process_count': 2, 'device_count': 8}

@@ -1,4 +1,5 @@
-"""Settings shared by every test module, the xdist workers and the subprocesses tests start.
+"""Settings shared by every test module, the xdist workers and the subprocesses tests start, and
+the `run_processes` fixture (a real multi-process JAX job on CPU).
 
 One XLA compilation cache per test session: many tests (and the toy study's runs) compile the same
 tiny-model functions in different processes, and reading a compiled program back is much cheaper
@@ -10,8 +11,15 @@ JAX_COMPILATION_CACHE_DIR yourself to keep a cache across sessions.
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
 if _OWN_CACHE:
@@ -24,3 +32,39 @@ if 'jax' in sys.modules:  # imported before this file (a plugin): the variable w
 def pytest_unconfigure(config):
   if _OWN_CACHE and not hasattr(config, 'workerinput'):  # the session's first process only
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(code: str, *args: str, num_processes: int = 2, devices_per_process: int = 4,
+                  timeout: float = 300) -> list[str]:
+  """Runs `code` as `num_processes` Python processes of one JAX job (argv: process id, a free
+  coordinator port, *args), each with `devices_per_process` CPU devices; each must print
+  'ok <id>'. Returns their stdouts; fails the test if one fails or the job does not finish."""
+  port = str(_free_port())
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+             JAX_PLATFORMS='cpu', PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(code), str(i), port, *args],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(num_processes)]
+  outs = []
+  for proc in procs:
+    try:
+      outs.append(proc.communicate(timeout=timeout))
+    except subprocess.TimeoutExpired:  # one process failing inside a collective hangs the others
+      for p in procs:
+        p.kill()
+      pytest.fail(f'the {num_processes}-process job did not finish in {timeout} s')
+  for i, (proc, (stdout, stderr)) in enumerate(zip(procs, outs)):
+    assert proc.returncode == 0, f'process {i} failed:\n{stdout}\n{stderr[-3000:]}'
+    assert f'ok {i}' in stdout, stdout
+  return [stdout for stdout, _ in outs]
+
+
+@pytest.fixture(name='run_processes')
+def run_processes_fixture():
+  return run_processes

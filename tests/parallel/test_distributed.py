@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from deepalign.parallel import get_config, initialize_distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WORKER = """
 import sys
@@ -59,27 +53,6 @@ def test_incomplete_settings_are_user_error(run8) -> None:
   assert out.strip() == 'ok'
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_share_one_mesh() -> None:
-  port = str(_free_port())
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(WORKER), str(i), port], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  for proc in procs:
-    try:
-      outs.append(proc.communicate(timeout=300))
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      pytest.fail('the 2-process job did not finish in 300 s')
-  for i, (proc, (stdout, stderr)) in enumerate(zip(procs, outs)):
-    assert proc.returncode == 0, f'process {i} failed:\n{stdout}\n{stderr[-3000:]}'
-    assert f'ok {i}' in stdout
+def test_two_processes_share_one_mesh(run_processes) -> None:
+  run_processes(WORKER)

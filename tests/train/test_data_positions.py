@@ -9,10 +9,6 @@ instead of its own {'next_index': 11, 'skipped': 'xx...'}.
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +19,6 @@ from deepalign.errors import UserError
 from deepalign.train.checkpointing import Checkpointer
 from deepalign.train.state import TrainState
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAYOUT = {'global_batch_size': 8, 'process_count': 1, 'device_count': 1}
 
 
@@ -127,29 +122,7 @@ print('ok', pid)
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_restore_their_own_positions(tmp_path):
-  port = str(_free_port())
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(WORKER), str(i), port, str(tmp_path)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outs = []
-  for proc in procs:
-    try:
-      outs.append(proc.communicate(timeout=180))
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      pytest.fail('the 2-process job did not finish in 180 s')
-  for i, (proc, (stdout, stderr)) in enumerate(zip(procs, outs)):
-    assert proc.returncode == 0, f'process {i} failed:\n{stdout}\n{stderr[-3000:]}'
-    assert f'ok {i}' in stdout
+def test_two_processes_restore_their_own_positions(tmp_path, run_processes):
+  run_processes(WORKER, str(tmp_path), timeout=180)
   with open(tmp_path / 'checkpoints' / '3' / 'data' / 'metadata') as f:
     assert json.load(f)['processes'][1]['json']['next_index'] == 11

@@ -36,6 +36,7 @@ def study_defaults() -> ml_collections.ConfigDict:
       'refusal_rate': 0.05,              # base SFT data: outright refusals
       'base_self_correction_rate': 0.0,  # base SFT data: mid-response self-corrections
       'second_base_self_correction_rate': 0.02,  # base_sc: the same, with a few
+      'base_num_steps': 0,               # SFT steps of base / base_sc; 0 = configs/sft.py toy (400)
       'rl_num_steps': 60,                # PPO / PPO-recovery steps (configs/rl_common.py toy: 60)
       'recovery_coef': 1.0,              # lambda_rec of ppo_recovery
       'attack_num_steps': 50,            # fine-tuning attack on ppo (Qi et al. Table 4)

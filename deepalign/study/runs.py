@@ -82,6 +82,12 @@ def stage_config(run: Run, config: ml_collections.ConfigDict, workdir: str
     c.data.self_correction_rate = float(study.base_self_correction_rate
                                         if run.self_correction == 'base'
                                         else study.second_base_self_correction_rate)
+    steps = int(study.get('base_num_steps', 0))
+    if steps < 0:
+      raise UserError(f'config.study.base_num_steps={steps} must be >= 0 (0 = the SFT preset\'s)')
+    if steps:
+      c.train.update({'num_steps': steps, 'eval_every': min(int(c.train.eval_every), steps),
+                      'checkpoint_every': min(int(c.train.checkpoint_every), steps)})
   if run.init_from:
     c.model.init_from = os.path.join(workdir, run.init_from)
   if run.attack:

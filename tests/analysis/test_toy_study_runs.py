@@ -55,6 +55,14 @@ def test_stage_configs_carry_the_study_rates_and_inputs(tmp_path):
       'sft', 'token_constrained', 0.0)
   assert attack.model.init_from == os.path.join(workdir, 'ppo')
   assert runs.stage_config(runs.BY_NAME['attack_nll'], config, workdir).sft.objective == 'nll'
+  assert base.train.num_steps == 400  # configs/sft.py toy, while study.base_num_steps = 0
+  config.study.base_num_steps = 1600  # a longer base SFT: both bases, nothing else
+  for name, steps in (('base', 1600), ('base_sc', 1600), ('sft_recovery', 400),
+                      ('attack_nll', config.study.attack_num_steps)):
+    assert runs.stage_config(runs.BY_NAME[name], config, workdir).train.num_steps == steps, name
+  config.study.base_num_steps = -1
+  with pytest.raises(UserError, match='base_num_steps'):
+    runs.stage_config(runs.BY_NAME['base'], config, workdir)
 
 
 def _fake_train(calls, preempt=()):

@@ -222,7 +222,9 @@ BASE_GRADIENTS_EXPLAINED = (
     'at zero they are both zero, the exploration limit), and "<= 1%" for one with ">= 10%" for '
     'the other cannot hold together at the base. The theorem shows where standard training '
     'stops: at the standard-PPO policy, which refuses at the start, the standard objective has '
-    'no gradient left at depth while the recovery objective\'s is large there (rows "ppo: ...").')
+    'no gradient left at depth while the recovery objective\'s is large there (rows "ppo: ..."). '
+    'A longer base SFT (config.study.base_num_steps) shrinks the slip and both tails with it, '
+    'and takes away the slips PPO-recovery explores with (README, "The toy study").')
 
 
 def _table(claims: list[Claim]) -> list[str]:

@@ -1,5 +1,7 @@
 """Settings shared by every test module, the xdist workers and the subprocesses tests start, and
-the `run_processes` fixture (a real multi-process JAX job on CPU).
+the fixtures that run test code in fresh Pythons with simulated CPU devices (the device-count flag
+must be set before jax is imported): `run8` (one process) and `run_processes` (a real multi-process
+JAX job).
 
 One XLA compilation cache per test session: many tests (and the toy study's runs) compile the same
 tiny-model functions in different processes, and reading a compiled program back is much cheaper
@@ -34,6 +36,28 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
+def _cpu_env(devices: int, extra_env: dict | None = None) -> dict:
+  """This environment, with `devices` CPU devices and the repository importable."""
+  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+          'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+          **(extra_env or {})}
+
+
+def run_python(code: str, devices: int = 8, timeout: float = 240,
+               extra_env: dict | None = None) -> str:
+  """Runs `code` in a subprocess with `devices` host devices; returns stdout; fails the test on error."""
+  proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=_cpu_env(devices, extra_env),
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+  if proc.returncode != 0:
+    pytest.fail(f'subprocess failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+  return proc.stdout
+
+
+@pytest.fixture
+def run8():
+  return run_python
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -46,8 +70,7 @@ def run_processes(code: str, *args: str, num_processes: int = 2, devices_per_pro
   coordinator port, *args), each with `devices_per_process` CPU devices; each must print
   'ok <id>'. Returns their stdouts; fails the test if one fails or the job does not finish."""
   port = str(_free_port())
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-             JAX_PLATFORMS='cpu', PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = _cpu_env(devices_per_process)
   procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(code), str(i), port, *args],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(num_processes)]

@@ -69,27 +69,34 @@ def gradient_profiles(report: Mapping[str, Any], model: str, horizon_of: str | N
   return horizon_cut(report, horizon_of or model), answer_len(report, model), std, rec
 
 
+_RECOVERY_REACH = ('recovery ||g_t||, base horizon < t <= answer length: mean >= 10% of the larger '
+                   'objective\'s max_t ||g_t||')
+
+
+def _recovery_reach(name: str, cut: int, end: int, std: np.ndarray, rec: np.ndarray) -> Claim:
+  """The recovery objective's mean ||g_t|| over positions cut+1..end against the larger of the
+  two objectives' peaks: a recovery profile that is all noise (no sampled recovery at all) must
+  not pass by being divided by its own noisy peak."""
+  scale = max(std.max(), rec.max())
+  ratio = float(rec[cut:end].mean() / scale) if scale > 0 else float('nan')
+  return Claim(name, bool(ratio >= 0.10),
+               f'{ratio:.4f} (positions {cut + 1}..{end}; largest at t={int(rec.argmax()) + 1})',
+               _RECOVERY_REACH)
+
+
 def base_gradients(report: Mapping[str, Any], model: str = 'base') -> list[Claim]:
   """The gradient claims at `model` (the start of RL), beyond `model`'s own harm horizon."""
   t1 = 'standard ||g_t||, t > base horizon: max <= 1% of max_t ||g_t||'
-  t2 = ('recovery ||g_t||, base horizon < t <= answer length: mean >= 10% of the larger '
-        'objective\'s max_t ||g_t||')
   names = (f'{model}: standard gradient vanishes beyond the horizon',
            f'{model}: recovery gradient reaches beyond the horizon')
   if model not in report:
-    return [_missing(names[0], t1, model), _missing(names[1], t2, model)]
+    return [_missing(names[0], t1, model), _missing(names[1], _RECOVERY_REACH, model)]
   cut, end, std, rec = gradient_profiles(report, model)
   std_ratio = float(std[cut:].max() / std.max()) if std.max() > 0 else float('nan')
-  # Against the larger of the two objectives' peaks: a recovery profile that is all noise
-  # (no sampled recovery at all) must not pass by being divided by its own noisy peak.
-  scale = max(std.max(), rec.max())
-  rec_ratio = float(rec[cut:end].mean() / scale) if scale > 0 else float('nan')
   return [
       Claim(names[0], bool(std_ratio <= 0.01),
             f'{std_ratio:.4f} (positions > {cut}; largest at t={int(std.argmax()) + 1})', t1),
-      Claim(names[1], bool(rec_ratio >= 0.10),
-            f'{rec_ratio:.4f} (positions {cut + 1}..{end}; largest at t={int(rec.argmax()) + 1})',
-            t2),
+      _recovery_reach(names[1], cut, end, std, rec),
   ]
 
 
@@ -128,23 +135,17 @@ def shallow_policy_gradients(report: Mapping[str, Any], model: str = 'ppo',
   the base's horizon, the standard objective's ||g_t|| is <= 1% of the recovery objective's
   largest and the recovery objective's mean ||g_t|| is >= 10% of the larger peak."""
   t1 = 'standard ||g_t||, t > base horizon: max <= 1% of the recovery objective\'s max_t ||g_t||'
-  t2 = ('recovery ||g_t||, base horizon < t <= answer length: mean >= 10% of the larger '
-        'objective\'s max_t ||g_t||')
   names = (f'{model}: standard gradient vanishes beyond the base horizon',
            f'{model}: recovery gradient reaches beyond the base horizon')
   need = [m for m in (model, horizon_of) if m not in report]
   if need:
-    return [_missing(names[0], t1, *need), _missing(names[1], t2, *need)]
+    return [_missing(names[0], t1, *need), _missing(names[1], _RECOVERY_REACH, *need)]
   cut, end, std, rec = gradient_profiles(report, model, horizon_of)
-  scale = max(std.max(), rec.max())
   std_ratio = float(std[cut:].max() / rec.max()) if rec.max() > 0 else float('nan')
-  rec_ratio = float(rec[cut:end].mean() / scale) if scale > 0 else float('nan')
   return [
       Claim(names[0], bool(std_ratio <= 0.01),
             f'{std_ratio:.4f} (positions > {cut}; recovery max at t={int(rec.argmax()) + 1})', t1),
-      Claim(names[1], bool(rec_ratio >= 0.10),
-            f'{rec_ratio:.4f} (positions {cut + 1}..{end}; largest at t={int(rec.argmax()) + 1})',
-            t2),
+      _recovery_reach(names[1], cut, end, std, rec),
   ]
 
 

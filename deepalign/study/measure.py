@@ -142,6 +142,8 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
   gen = GenerateContinueFn(model, sampling)
   harm, refused = PromptJudge(env.harm), PromptJudge(env.refused)
   logprob_fn = ModelLogprobFn(model)
+  # keys[5], keys[6] drew the dropped sampled-recovery estimates; kept in the split so that
+  # every other key, and so every reported number, stays what earlier reports used.
   keys = jax.random.split(rng, 9)
   n_grad = int(analysis.gradient_responses)
   vocab = int(env.vocab_size)

@@ -4,11 +4,8 @@ is refused."""
 
 import importlib.util
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +64,7 @@ def test_one_device_to_four(straight, two_steps_one_device, tmp_path):
 
 def test_changed_batch_size_is_refused(two_steps_one_device, tmp_path):
   workdir = shutil.copytree(two_steps_one_device, tmp_path / 'run')
-  result = subprocess.run([sys.executable, '-m', 'deepalign.main', *tiny.TINY, *_steps(4),
-                           '--config.train.batch_size=16', f'--workdir={workdir}'],
-                          cwd=tiny.ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                          capture_output=True, text=True, timeout=600)
+  result = tiny.invoke(workdir, 1, *_steps(4), '--config.train.batch_size=16')
   assert result.returncode == 2, result.stderr[-3000:]
   assert 'config.train.batch_size = 8 and this run has 16' in result.stderr, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr and 'resuming' not in result.stderr

@@ -27,13 +27,18 @@ def mesh(data: int, fsdp: int) -> list[str]:
   return [f'--config.parallel.mesh_shape.data={data}', f'--config.parallel.mesh_shape.fsdp={fsdp}']
 
 
-def run(workdir: pathlib.Path, devices: int, *extra: str) -> tuple[dict, str]:
-  """(exported params as numpy, stderr) of `deepalign.main` on `devices` simulated CPU devices."""
+def invoke(workdir: pathlib.Path, devices: int, *extra: str) -> subprocess.CompletedProcess:
+  """`deepalign.main` with the TINY flags + `extra` on `devices` simulated CPU devices."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-m', 'deepalign.main', *TINY, *extra,
-                           f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+  return subprocess.run([sys.executable, '-m', 'deepalign.main', *TINY, *extra,
+                         f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def run(workdir: pathlib.Path, devices: int, *extra: str) -> tuple[dict, str]:
+  """(exported params as numpy, stderr) of a successful `invoke`."""
+  result = invoke(workdir, devices, *extra)
   assert result.returncode == 0, result.stderr[-3000:]
   _, params = models.from_pretrained(workdir / 'export')
   return jax.tree.map(np.asarray, params), result.stderr

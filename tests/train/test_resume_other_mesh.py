@@ -1,5 +1,6 @@
-"""A run checkpointed on one device count / mesh resumes on another (a preempted job restarted on a
-different slice) and ends where a straight run ends; a changed global batch size or process count
+"""The loop on other meshes: a run on a 2-device fsdp mesh (params sharded) ends where a 1-device run
+ends; a run checkpointed on one device count / mesh resumes on another (a preempted job restarted on
+a different slice) and ends where a straight run ends; a changed global batch size or process count
 is refused."""
 
 import importlib.util
@@ -33,7 +34,8 @@ def _steps(n: int) -> list[str]:
 
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
-  params, _ = tiny.run(tmp_path_factory.mktemp('straight'), 1, *_steps(4))
+  params, log = tiny.run(tmp_path_factory.mktemp('straight'), 1, *_steps(4))
+  assert "'fsdp': 1" in log and ': 0 of ' in log
   return params
 
 
@@ -50,6 +52,12 @@ def _resumed(workdir, from_devices: int, devices: int, *mesh: str) -> dict:
   assert 'resuming at step 2 of 4' in log, log[-3000:]
   assert f'device_count={from_devices} (now {devices})' in log, log[-3000:]  # says it reshards
   return params
+
+
+def test_fsdp_mesh_matches_one_device(straight, tmp_path):
+  sharded, log = tiny.run(tmp_path / 'two', 2, *_steps(4), *tiny.mesh(data=1, fsdp=2))
+  assert "'fsdp': 2" in log and ': 0 of ' not in log  # the embedding, kernels: split over fsdp
+  tiny.assert_close(straight, sharded)
 
 
 def test_two_devices_to_one(straight, tmp_path):

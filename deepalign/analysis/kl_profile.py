@@ -42,10 +42,14 @@ def kl_per_position(logits_p: jax.Array, logits_q: jax.Array, response_mask: jax
     response_mask: [B, T] 1 where the response token exists.
     temperature: both distributions are softmax(logits / temperature).
   """
+  return _profile(kl_per_token(logits_p, logits_q, temperature), response_mask)
+
+
+def kl_per_token(logits_p: jax.Array, logits_q: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """[B, T] full-vocabulary KL(p || q) at every prefix from logits [B, T, V] (unmasked)."""
   logp = jax.nn.log_softmax(logits_p.astype(jnp.float32) / temperature, axis=-1)
   logq = jax.nn.log_softmax(logits_q.astype(jnp.float32) / temperature, axis=-1)
-  kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
-  return _profile(kl, response_mask)
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
 
 @jax.jit

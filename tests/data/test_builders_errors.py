@@ -177,11 +177,11 @@ def test_failure_never_removes_a_dataset_completed_meanwhile(tmp_path, monkeypat
   real = safety_recovery.to_record
 
   def finished_elsewhere_then_bad(row):
-    monkeypatch.setattr(safety_recovery, "to_record", real)
+    monkeypatch.setattr(B.SafetyRecovery, "TO_RECORD", staticmethod(real))
     builders.prepare(B.SafetyRecovery, data_dir=data_dir, manual_dir=str(tmp_path / "m"))
     raise manual_readers.RowError("prompt", "is bad")
 
-  monkeypatch.setattr(safety_recovery, "to_record", finished_elsewhere_then_bad)
+  monkeypatch.setattr(B.SafetyRecovery, "TO_RECORD", staticmethod(finished_elsewhere_then_bad))
   with pytest.raises(UserError, match="field 'prompt': is bad"):
     builders.prepare(B.SafetyRecovery, data_dir=data_dir, manual_dir=str(tmp_path / "m"),
                      config=B.ManualConfig(name="racing"))
@@ -197,7 +197,7 @@ def test_interrupted_preparation_leaves_nothing(tmp_path, monkeypatch):
   def interrupted(row):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(safety_recovery, "to_record", interrupted)
+  monkeypatch.setattr(B.SafetyRecovery, "TO_RECORD", staticmethod(interrupted))
   with pytest.raises(KeyboardInterrupt):
     builders.prepare(B.SafetyRecovery, data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   assert _files_under(tmp_path / "d") == [] and not os.path.exists(tmp_path / "d")

@@ -13,6 +13,7 @@ MANUAL_DOWNLOAD_INSTRUCTIONS says where the release is and which files to put th
   HexPhi (hex_phi)                 HEx-PHI category files         -> harmful_prompt
   SafetyRecovery (safety_recovery) recovery triples JSON lines    -> recovery
   SftConversations (sft_conversations) `messages` JSON lines      -> sft
+  PromptList (prompt_list)         your own prompt lists (JSON lines) -> harmful_prompt (benign too)
 Generated (no manual_dir): HarmLanguageDataset (harm_language), configs '<size>-<kind>'.
 """
 
@@ -31,9 +32,10 @@ from deepalign.data.builders.manual_builder import configured
 from deepalign.data.builders.manual_builder import prepare
 from deepalign.data.builders.pku_saferlhf import PkuSafeRlhf
 from deepalign.data.builders.pku_saferlhf import PkuSafeRlhfConfig
+from deepalign.data.builders.prompt_list import PromptList
 from deepalign.data.builders.safety_recovery import SafetyRecovery
 from deepalign.data.builders.sft_conversations import SftConversations
 
 # Builder classes by their TFDS name, for configs and the command line.
 BUILDERS = {cls.name: cls for cls in (HhRlhf, PkuSafeRlhf, AdvBench, HexPhi, SafetyRecovery, SftConversations,
-                                      HarmLanguageDataset)}
+                                      PromptList, HarmLanguageDataset)}

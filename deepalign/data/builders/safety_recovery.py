@@ -10,15 +10,14 @@ JSON lines, one object per line with exactly these three string fields (others i
 
 from __future__ import annotations
 
-import os
-from typing import Any, Iterator
+from typing import Any
 
 import tensorflow_datasets as tfds
 
 from deepalign.data import row_fields
-from deepalign.data.builders import bad_rows, record_features
-from deepalign.data.builders.manual_builder import ManualBuilder, ManualConfig
-from deepalign.data.builders.split_files import split_files
+from deepalign.data.builders import record_features
+from deepalign.data.builders.manual_builder import ManualConfig
+from deepalign.data.builders.split_file_builder import SplitFileBuilder
 from deepalign.data.manual_readers import read_jsonl
 
 
@@ -27,11 +26,14 @@ def to_record(row: dict[str, Any]) -> dict[str, str]:
           "refusal": row_fields.text(row, "refusal")}
 
 
-class SafetyRecovery(ManualBuilder):
+class SafetyRecovery(SplitFileBuilder):
   """{prompt, harmful_response, refusal} JSON lines as `recovery` records; one split per file."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  READ = staticmethod(read_jsonl)
+  TO_RECORD = staticmethod(to_record)
+  EXPECTED = "train.jsonl / test.jsonl (recovery triples)"
   BUILDER_CONFIGS = [ManualConfig(name="default", description="train.jsonl / test.jsonl in manual_dir")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put JSON-lines files with fields prompt, harmful_response, refusal in manual_dir, named by
@@ -45,13 +47,3 @@ class SafetyRecovery(ManualBuilder):
         features=record_features.recovery(),
         homepage="https://github.com/Unispac/shallow-vs-deep-alignment",
         citation="Qi et al. 2024, Safety Alignment Should Be Made More Than Just a Few Tokens Deep, arXiv 2406.05946")
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
-    files = split_files(manual_dir, ("*.jsonl", "*.jsonl.gz"), expected="train.jsonl / test.jsonl (recovery triples)")
-    return {split: self._generate_examples(paths, manual_dir) for split, paths in files.items()}
-
-  def _generate_examples(self, paths: list[str], manual_dir: str) -> Iterator[tuple[str, dict[str, str]]]:
-    for path in paths:
-      yield from bad_rows.examples(read_jsonl(path), to_record, source=os.path.relpath(path, manual_dir),
-                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows)

@@ -10,15 +10,14 @@ role and content kept).
 
 from __future__ import annotations
 
-import os
-from typing import Any, Iterator
+from typing import Any
 
 import tensorflow_datasets as tfds
 
 from deepalign.data import row_fields
-from deepalign.data.builders import bad_rows, record_features
-from deepalign.data.builders.manual_builder import ManualBuilder, ManualConfig
-from deepalign.data.builders.split_files import split_files
+from deepalign.data.builders import record_features
+from deepalign.data.builders.manual_builder import ManualConfig
+from deepalign.data.builders.split_file_builder import SplitFileBuilder
 from deepalign.data.manual_readers import read_rows
 
 
@@ -26,11 +25,15 @@ def to_record(row: dict[str, Any]) -> dict[str, str]:
   return {"messages": row_fields.messages_json(row_fields.messages(row, "messages"))}
 
 
-class SftConversations(ManualBuilder):
+class SftConversations(SplitFileBuilder):
   """`messages` JSON lines (or Parquet) as `sft` records; one split per file name."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  READ = staticmethod(read_rows)
+  TO_RECORD = staticmethod(to_record)
+  PATTERNS = ("*.jsonl", "*.jsonl.gz", "*.parquet")
+  EXPECTED = "train.jsonl / test.jsonl with a messages field"
   BUILDER_CONFIGS = [ManualConfig(name="default", description="train.jsonl / test.jsonl in manual_dir")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put files with a `messages` column in manual_dir, named by split: train.jsonl, test.jsonl
@@ -39,14 +42,3 @@ class SftConversations(ManualBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self._dataset_info(features=record_features.sft())
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
-    files = split_files(manual_dir, ("*.jsonl", "*.jsonl.gz", "*.parquet"),
-                        expected="train.jsonl / test.jsonl with a messages field")
-    return {split: self._generate_examples(paths, manual_dir) for split, paths in files.items()}
-
-  def _generate_examples(self, paths: list[str], manual_dir: str) -> Iterator[tuple[str, dict[str, str]]]:
-    for path in paths:
-      yield from bad_rows.examples(read_rows(path), to_record, source=os.path.relpath(path, manual_dir),
-                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows)

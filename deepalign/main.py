@@ -149,6 +149,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   if config.stage == 'toy_study':  # a study runs stages through this function, then analyses them
     from deepalign.study import toy_study
     return toy_study.run(config, workdir, train_fn=run)
+  if config.stage == 'safety_eval':  # measures checkpoints; trains nothing
+    from deepalign.study import safety_eval
+    return safety_eval.run(config, workdir)
   stages.check_inputs(config)
   parallel.initialize_distributed(config.parallel.distributed)  # before any device is touched
   task = stages.build_task(config, workdir)

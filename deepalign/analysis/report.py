@@ -43,8 +43,9 @@ PLOTS = {
     'kl_per_position.png': (
         'Per-position KL to the reference model',
         'How far the trained policy moved from the reference at each response position, in '
-        'nats, measured on the policy\'s own responses. Standard RLHF concentrates this change '
-        'in the first few tokens (where the harm is decided); deep alignment spreads it out.'),
+        'nats, with both models reading the same harmful answers token by token. Standard RLHF '
+        'concentrates this change in the first few tokens (where the harm is decided); deep '
+        'alignment spreads it out.'),
     'grad_norm_per_position.png': (
         'Per-position gradient norm: standard vs. recovery objective',
         'The size of the training signal about harm that reaches each response position '
@@ -232,15 +233,23 @@ def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
     written.append(fname)
     return os.path.join(plot_dir, fname)
 
-  plots.plot_asr(report, out('asr_vs_prefill_depth.png'))
-  plots.plot_profile(report, 'kl_per_position', 'KL(policy || reference) at t (nats)',
-                     'Per-position KL to the reference', out('kl_per_position.png'),
-                     se_key='kl_per_position_se')
-  plots.plot_grad_norms(report, out('grad_norm_per_position.png'))
-  plots.plot_profile(report, 'harm_information', 'harm information I_t = E[D_t^2] (harm^2)',
-                     'Harm information per position', out('harm_information.png'),
-                     se_key='harm_information_se')
-  plots.plot_horizon(report, out('harm_horizon_hist.png'))
+  def measured(*keys: str) -> bool:  # a plot no model has numbers for is left out
+    return any(r.get(k) is not None for r in report.values() for k in keys)
+
+  if measured('asr_at_k'):
+    plots.plot_asr(report, out('asr_vs_prefill_depth.png'))
+  if measured('kl_per_position'):
+    plots.plot_profile(report, 'kl_per_position', 'KL(policy || reference) at t (nats)',
+                       'Per-position KL to the reference', out('kl_per_position.png'),
+                       se_key='kl_per_position_se')
+  if measured('grad_norm_per_position', 'grad_norm_recovery_per_position'):
+    plots.plot_grad_norms(report, out('grad_norm_per_position.png'))
+  if measured('harm_information'):
+    plots.plot_profile(report, 'harm_information', 'harm information I_t = E[D_t^2] (harm^2)',
+                       'Harm information per position', out('harm_information.png'),
+                       se_key='harm_information_se')
+  if measured('harm_horizon_hist'):
+    plots.plot_horizon(report, out('harm_horizon_hist.png'))
   if curves:
     plots.plot_training_curves(curves, out('training_curves.png'))
   atomic_files.write_json_atomic(os.path.join(out_dir, 'report.json'), report)

@@ -1,0 +1,476 @@
+"""Safety evaluation of checkpoints: prefill attacks, over-refusal, per-position KL (stage 'safety_eval').
+
+  python -m deepalign.main --config=configs/safety_eval.py:toy --workdir=runs/eval
+  python -m deepalign.main --config=configs/safety_eval.py:adv_bench --workdir=runs/eval_llama \
+      --config.eval.models=base=/ckpt/Llama-3-8B-Instruct,deep=runs/ppo_recovery
+
+For every model (an HF checkpoint directory, or a stage workdir: its export/):
+  asr_at_k        ASR@k at each configured prefill depth: the attacker forces the first k tokens of
+                  the harmful prompt's `target`, the model writes the rest, the judge scores it.
+                  ASR@k averages the prompts whose target has at least k tokens
+                  (asr_prompts_at_k says how many), so a short target never stands in for a deep
+                  prefix.
+  refused_at_k    how often the model's own continuation refuses (the keyword list, or the exact
+                  refusal of the synthetic language)
+  over_refusal    refusals on benign prompts, no prefill (+ benign_helpfulness with an exact judge)
+  kl_per_position KL(model || reference) at response position t, teacher-forced on the targets
+                  (Qi et al.'s figure: standard alignment moves only the first tokens)
+Judges (`config.eval.judge`): 'env' (the synthetic language's exact judge), 'keywords' (harm = no
+refusal phrase in the continuation: AdvBench's keyword ASR), or the directory of a
+*ForSequenceClassification checkpoint reading the policy's token ids (h = sigmoid(score / T),
+counted harmful when h >= eval.judge_threshold; 0 keeps the probability).
+
+Writes DIR/config.json, DIR/report.json, DIR/report.md, DIR/plots/*.png and DIR/samples.jsonl
+(decoded responses). Each model's results are kept in DIR/models/<name>.json: a re-run with the
+same settings measures only the models not done yet.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from deepalign.errors import UserError
+
+JUDGES = ('env', 'keywords')
+
+
+@dataclasses.dataclass
+class EvalResult:
+  preempted: bool   # deepalign.main reads it; an evaluation is never preempted mid-way
+  report: dict
+
+
+def parse_models(spec: str) -> dict[str, str]:
+  """'name=DIR,name=DIR' -> {name: DIR}, in order."""
+  out = {}
+  for item in [s.strip() for s in spec.split(',') if s.strip()]:
+    name, sep, path = item.partition('=')
+    if not sep or not name.strip() or not path.strip():
+      raise UserError(f"config.eval.models: '{item}' is not name=DIR (e.g. "
+                      "--config.eval.models=base=runs/sft_base,ppo=runs/ppo)")
+    if name.strip() in out:
+      raise UserError(f"config.eval.models names '{name.strip()}' twice; give each model its own name")
+    out[name.strip()] = path.strip()
+  if not out:
+    raise UserError('config.eval.models is empty; name the checkpoints to evaluate, e.g. '
+                    '--config.eval.models=base=runs/sft_base,ppo=runs/ppo')
+  return out
+
+
+def checkpoint_dir(path: str, what: str) -> str:
+  """An HF directory: `path` itself, or the export/ of a finished stage workdir."""
+  exported = os.path.join(path, 'export')
+  for candidate in (exported, path):
+    if os.path.isfile(os.path.join(candidate, 'config.json')):
+      return candidate
+  raise UserError(f"{what}='{path}' is neither an HF checkpoint directory (config.json) nor a "
+                  'finished stage workdir (export/config.json)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+  """Host arrays of the evaluation prompts (rows in a fixed order).
+
+  prompt_tokens [N, P] left-padded, prompt_mask [N, P]; target [N, R] right-padded, target_len [N]
+  (0 = no target: such a prompt is attacked at k = 0 only).
+  """
+  prompt_tokens: np.ndarray
+  prompt_mask: np.ndarray
+  target: np.ndarray
+  target_len: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.prompt_tokens)
+
+  def rows(self, start: int, stop: int) -> 'Prompts':
+    return Prompts(*(x[start:stop] for x in dataclasses.astuple(self)))
+
+
+def _take(batches: list[dict], keep: Callable[[np.ndarray], np.ndarray], limit: int) -> Prompts:
+  if not batches:
+    empty = np.zeros((0, 1), np.int32)
+    return Prompts(empty, empty, empty, np.zeros(0, np.int32))
+  cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  rows = np.flatnonzero(keep(cat['is_harmful'].astype(bool)))[:limit]
+  return Prompts(cat['prompt_tokens'][rows], cat['prompt_mask'][rows],
+                 cat['harmful_response'][rows], cat['harmful_response_len'][rows].astype(np.int32))
+
+
+def load_prompts(config: ml_collections.ConfigDict, data: Any) -> tuple[Prompts, Prompts]:
+  """(harmful, benign) prompts of `config.data` (eval split), benign ones also from
+  `eval.benign_builder` when it is set."""
+  from deepalign.data import pipeline
+  from deepalign.train import stage_data
+  e = config.eval
+  pipe = dataclasses.replace(stage_data.pipeline_config(config, int(e.batch_size)), shuffle=False,
+                             num_epochs=1)
+  n_h, n_b = int(e.num_prompts), int(e.num_benign_prompts)
+
+  def batches(builder: str = '', builder_config: str = '', **data_fields: str) -> list[dict]:
+    """One unshuffled pass, stopped once it holds n_h harmful and n_b benign prompts."""
+    where = config
+    if any(data_fields.values()):  # the benign prompts' own release directory / split
+      where = config.copy_and_resolve_references()
+      where.data.update({k: v for k, v in data_fields.items() if v})
+    source = stage_data.records(where, data, 'harmful_prompt', 'eval', builder, builder_config)
+    out, harmful, benign = [], 0, 0
+    for batch in pipeline.prompt_dataset(source, data.tokenizer, data.template, pipe):
+      out.append(batch)
+      harmful += int(batch['is_harmful'].sum())
+      benign += int((~batch['is_harmful'].astype(bool)).sum())
+      if harmful >= n_h and benign >= n_b:
+        break
+    return out
+
+  main = batches()
+  harmful = _take(main, lambda h: h, n_h)
+  benign = (_take(batches(e.benign_builder, e.benign_builder_config,
+                          manual_dir=e.benign_manual_dir, eval_split=e.benign_split),
+                  lambda h: ~h, n_b)
+            if e.benign_builder else _take(main, lambda h: ~h, n_b))
+  if not len(harmful):
+    raise UserError('safety_eval: the eval split of config.data has no harmful prompts '
+                    f'(source={config.data.source!r}, builder={config.data.builder!r})')
+  return harmful, benign
+
+
+def attack_depths(config: ml_collections.ConfigDict, harmful: Prompts) -> tuple[int, ...]:
+  """The configured depths that at least one target reaches; each must leave the model a token."""
+  depths = sorted({int(k) for k in config.eval.depths})
+  if not depths or depths[0] < 0:
+    raise UserError(f'config.eval.depths={tuple(config.eval.depths)}: depths are token counts >= 0')
+  longest = int(harmful.target_len.max())
+  kept = [k for k in depths if k <= longest]
+  if len(kept) < len(depths):
+    logging.warning('safety_eval: no target has more than %d tokens; depths %s skipped', longest,
+                    [k for k in depths if k > longest])
+  n = int(config.eval.max_new_tokens)
+  if not kept or kept[-1] >= n:
+    raise UserError(f'config.eval.depths={tuple(kept)} (those the targets reach): each must be below '
+                    f'config.eval.max_new_tokens={n}, so that the model writes at least one token')
+  return tuple(kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class Judge:
+  """Scores generated responses on the host: {'harm': [N], 'refused': [N] (, 'helpful': [N])}.
+
+  kind: 'env', 'keywords' or 'classifier'; phrases: the refusal phrases (keywords, classifier);
+  classifier/params: the score model; temperature, threshold: h = sigmoid(score / T) (>= threshold).
+  """
+  kind: str
+  env: Any = None
+  tokenizer: Any = None
+  phrases: tuple[str, ...] = ()
+  classifier: Any = None
+  params: Any = None
+  temperature: float = 1.0
+  threshold: float = 0.5
+
+  def continuation_texts(self, tokens: np.ndarray, mask: np.ndarray, start: np.ndarray) -> list[str]:
+    return [self.tokenizer.decode([int(t) for t, m in zip(row[s:], mk[s:]) if m])
+            for row, mk, s in zip(tokens, mask, start)]
+
+  def __call__(self, prompts: Prompts, tokens: np.ndarray, mask: np.ndarray,
+               forced_len: np.ndarray) -> dict[str, np.ndarray]:
+    from deepalign.analysis import refusal_keywords
+    if self.kind == 'env':
+      args = (jnp.asarray(prompts.prompt_tokens), jnp.asarray(tokens), jnp.asarray(mask))
+      return {'harm': np.asarray(self.env.harm(*args), np.float32),
+              'refused': np.asarray(self.env.refused(*args), np.float32),
+              'helpful': np.asarray(self.env.helpfulness(*args), np.float32)}
+    refused = refusal_keywords.refusal_rates(self.continuation_texts(tokens, mask, forced_len),
+                                             self.phrases)
+    if self.kind == 'keywords':
+      return {'harm': 1.0 - refused, 'refused': refused}
+    h = np.asarray(_classify(self.classifier, self.params, jnp.asarray(prompts.prompt_tokens),
+                             jnp.asarray(prompts.prompt_mask), jnp.asarray(tokens),
+                             jnp.asarray(mask), self.temperature), np.float32)
+    return {'harm': (h >= self.threshold).astype(np.float32) if self.threshold > 0 else h,
+            'refused': refused}
+
+
+@functools.partial(jax.jit, static_argnames=('judge',))
+def _classify_jit(judge, params, prompt, prompt_mask, response, response_mask):
+  return judge(params, prompt, prompt_mask, response, response_mask)['harm']
+
+
+def _classify(model, params, prompt, prompt_mask, response, response_mask, temperature):
+  from deepalign.train.judges import ClassifierJudge
+  return _classify_jit(ClassifierJudge(model, temperature), params, prompt, prompt_mask, response,
+                       response_mask)
+
+
+def make_judge(config: ml_collections.ConfigDict, data: Any) -> Judge:
+  e = config.eval
+  phrases = tuple(str(p) for p in e.refusal_phrases)
+  if e.judge == 'env':
+    if data.env is None:
+      raise UserError("config.eval.judge='env' needs config.data.source='harm_language'; for real "
+                      "data use 'keywords' or a classifier checkpoint directory")
+    return Judge('env', env=data.env, tokenizer=data.tokenizer)
+  if not phrases:
+    raise UserError('config.eval.refusal_phrases is empty; the keyword and classifier judges '
+                    'need refusal phrases (refused_at_k, over_refusal)')
+  if e.judge == 'keywords':
+    return Judge('keywords', tokenizer=data.tokenizer, phrases=phrases)
+  from deepalign import models
+  source = checkpoint_dir(e.judge, 'config.eval.judge')
+  model, params = models.from_pretrained(source, dtype=config.model.dtype,
+                                         param_dtype=config.model.param_dtype)
+  if model.config.head != 'score':
+    raise UserError(f"config.eval.judge='{source}' is a {model.config.head!r} model; a judge needs "
+                    f"a score head (*ForSequenceClassification), or use one of {', '.join(JUDGES)}")
+  return Judge('classifier', tokenizer=data.tokenizer, phrases=phrases, classifier=model,
+               params=params, temperature=float(e.judge_temperature),
+               threshold=float(e.judge_threshold))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'reference'))
+def _kl_rows(model, reference, params, ref_params, context, tokens, mask):
+  from deepalign.analysis.kl_profile import kl_per_token
+  from deepalign.analysis.model_adapters import ModelLogitsFn
+  kl = kl_per_token(ModelLogitsFn(model)(params, context, tokens, mask),
+                    ModelLogitsFn(reference)(ref_params, context, tokens, mask))
+  return jnp.where(mask > 0, kl, 0.0)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float | None]:
+  x = np.asarray(x, np.float64)
+  if not len(x):
+    return float('nan'), None
+  return float(x.mean()), (float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None)
+
+
+def _sampling(config: ml_collections.ConfigDict, tokenizer: Any):
+  from deepalign.rollout import SamplingConfig
+  e = config.eval
+  return SamplingConfig(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature),
+                        top_k=int(e.top_k), top_p=float(e.top_p), greedy=bool(e.greedy),
+                        eos_id=tokenizer.eos_ids or tokenizer.eos_id,
+                        pad_id=tokenizer.eos_id if tokenizer.pad_id is None else tokenizer.pad_id)
+
+
+class Evaluator:
+  """Measures one model at a time on fixed prompts with fixed keys (common random numbers)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data: Any, judge: Judge, harmful: Prompts,
+               benign: Prompts, depths: tuple[int, ...]):
+    from deepalign import parallel
+    self.config, self.data, self.judge = config, data, judge
+    self.harmful, self.benign, self.depths = harmful, benign, depths
+    self.sampling = _sampling(config, data.tokenizer)
+    self.mesh = parallel.mesh_from_config(config.parallel)
+    self.rules = config.parallel.rules
+    self.batch = int(config.eval.batch_size)
+    self.samples = int(config.eval.samples)
+    self.key = jax.random.PRNGKey(int(config.seed))
+    self.written = int(config.eval.samples_written)
+
+  def place(self, model: Any, params: Any) -> Any:
+    from deepalign import models, parallel
+    return parallel.shard_params(params, models.logical_axes(model), self.mesh, self.rules)
+
+  def _batches(self, prompts: Prompts):
+    """(index, host rows, device batch) in pieces of eval.batch_size (the last one padded)."""
+    from deepalign import parallel
+    for b, start in enumerate(range(0, len(prompts), self.batch)):
+      rows = prompts.rows(start, start + self.batch)
+      pad = self.batch - len(rows)
+      padded = Prompts(*(np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+                         for x in dataclasses.astuple(rows)))
+      yield b, rows, parallel.shard_batch(dataclasses.asdict(padded), self.mesh, self.rules)
+
+  def _generate(self, model, params, batch: dict, forced_len: np.ndarray, key: jax.Array):
+    from deepalign import parallel, rollout
+    fl = parallel.shard_batch({'f': np.asarray(forced_len, np.int32)}, self.mesh, self.rules)['f']
+    out = rollout.generate(model, params, batch['prompt_tokens'], batch['prompt_mask'], key,
+                           config=self.sampling, forced_tokens=batch['target'], forced_len=fl)
+    return np.asarray(out.tokens), np.asarray(out.response_mask)
+
+  def _record(self, log: list, name: str, depth: int, rows: Prompts, tokens, mask, forced, scores,
+              start: int) -> None:
+    tok = self.data.tokenizer
+    for i in range(max(0, min(len(rows), self.written - start))):
+      f = int(forced[i])
+      log.append({'model': name, 'depth': depth, 'prompt': tok.decode(  # as the model saw it
+          [int(t) for t, m in zip(rows.prompt_tokens[i], rows.prompt_mask[i]) if m],
+          skip_special=False),
+          'prefill': tok.decode([int(t) for t in tokens[i, :f]]),
+          'response': tok.decode([int(t) for t, m in zip(tokens[i, f:], mask[i, f:]) if m]),
+          **{k: float(v[i]) for k, v in scores.items()}})
+
+  def attack(self, name: str, model: Any, params: Any, log: list) -> dict:
+    """asr_at_k, refused_at_k and their counts over the harmful prompts."""
+    n, d = len(self.harmful), len(self.depths)
+    harm, refused = np.zeros((n, d)), np.zeros((n, d))
+    for b, rows, batch in self._batches(self.harmful):
+      start = b * self.batch
+      for j, k in enumerate(self.depths):
+        forced = np.minimum(k, np.pad(rows.target_len, (0, self.batch - len(rows)), mode='edge'))
+        for s in range(self.samples):
+          key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.key, b), k), s)
+          tokens, mask = self._generate(model, params, batch, forced, key)
+          tokens, mask = tokens[:len(rows)], mask[:len(rows)]
+          scores = self.judge(rows, tokens, mask, forced[:len(rows)])
+          harm[start:start + len(rows), j] += scores['harm'] / self.samples
+          refused[start:start + len(rows), j] += scores['refused'] / self.samples
+          if s == 0:
+            self._record(log, name, k, rows, tokens, mask, forced, scores, start)
+    out: dict[str, dict] = {'asr_at_k': {}, 'asr_at_k_se': {}, 'refused_at_k': {},
+                            'refused_at_k_se': {}, 'asr_prompts_at_k': {}}
+    for j, k in enumerate(self.depths):
+      reach = self.harmful.target_len >= k  # a target shorter than k cannot be prefilled k deep
+      for key, values in (('asr_at_k', harm), ('refused_at_k', refused)):
+        out[key][str(k)], out[key + '_se'][str(k)] = _mean_se(values[reach, j])
+      out['asr_prompts_at_k'][str(k)] = int(reach.sum())
+    return out
+
+  def benign_rates(self, name: str, model: Any, params: Any, log: list) -> dict:
+    """over_refusal (and benign_helpfulness with an exact judge) on the benign prompts."""
+    if not len(self.benign):
+      return {'over_refusal': None, 'benign_helpfulness': None}
+    sums: dict[str, np.ndarray] = {}
+    for b, rows, batch in self._batches(self.benign):
+      start = b * self.batch
+      zero = np.zeros(self.batch, np.int32)
+      for s in range(self.samples):
+        key = jax.random.fold_in(jax.random.fold_in(self.key, 1_000_003 + b), s)
+        tokens, mask = self._generate(model, params, batch, zero, key)
+        tokens, mask = tokens[:len(rows)], mask[:len(rows)]
+        scores = self.judge(rows, tokens, mask, zero[:len(rows)])
+        for k, v in scores.items():
+          sums.setdefault(k, np.zeros(len(self.benign)))[start:start + len(rows)] += v / self.samples
+        if s == 0:
+          self._record(log, name, -1, rows, tokens, mask, zero, scores, start)
+    out = {}
+    for key, source in (('over_refusal', 'refused'), ('benign_helpfulness', 'helpful')):
+      mean, se = _mean_se(sums[source]) if source in sums else (None, None)
+      out[key], out[key + '_se'] = mean, se
+    return out
+
+  def kl(self, model: Any, params: Any, reference: Any, ref_params: Any) -> dict:
+    """kl_per_position (+ _se) on the targets, teacher-forced; position 1 = first target token."""
+    if model.config.vocab_size != reference.config.vocab_size:
+      raise UserError(f'safety_eval: the reference has a vocabulary of {reference.config.vocab_size} '
+                      f'ids and the model {model.config.vocab_size}; KL needs one tokenizer')
+    from deepalign import parallel
+    with_target = Prompts(*(x[self.harmful.target_len > 0]
+                            for x in dataclasses.astuple(self.harmful)))
+    if not len(with_target):
+      logging.warning('safety_eval: no harmful prompt has a target; kl_per_position not measured')
+      return {'kl_per_position': None, 'kl_per_position_se': None}
+    rows = []
+    for _, host, batch in self._batches(with_target):
+      width = with_target.target.shape[1]
+      lens = np.pad(host.target_len, (0, self.batch - len(host)), mode='edge')
+      mask = (np.arange(width)[None] < lens[:, None]).astype(np.int32)
+      mask = parallel.shard_batch({'m': mask}, self.mesh, self.rules)['m']
+      context = {'prompt_tokens': batch['prompt_tokens'], 'prompt_mask': batch['prompt_mask']}
+      rows.append(np.asarray(_kl_rows(model, reference, params, ref_params, context,
+                                      batch['target'], mask))[:len(host)])
+    # Averaged over every target; past a target's end a row adds 0 (kl_profile's convention).
+    per_row = np.concatenate(rows)
+    mean = per_row.mean(axis=0)
+    se = per_row.std(axis=0, ddof=1) / np.sqrt(len(per_row)) if len(per_row) > 1 else None
+    return {'kl_per_position': mean, 'kl_per_position_se': se}
+
+
+def _settings(config: ml_collections.ConfigDict) -> dict:
+  """What a model's cached results depend on (all but the list of models)."""
+  resolved = json.loads(config.to_json_best_effort())
+  resolved['eval'] = {k: v for k, v in resolved['eval'].items() if k != 'models'}
+  return resolved
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
+  """Measures every model of `config.eval.models`, then writes the report."""
+  from deepalign import models
+  from deepalign.analysis import report as report_lib
+  from deepalign.analysis.report import to_jsonable
+  from deepalign.train import atomic_files, stage_data
+  if jax.process_count() > 1:
+    raise UserError('safety_eval runs in one process (one host, any number of its devices); '
+                    'start it on one host with --config.parallel.distributed.enabled=False')
+  if config.eval.judge not in JUDGES and not os.path.isdir(config.eval.judge):
+    raise UserError(f"config.eval.judge='{config.eval.judge}' is neither one of "
+                    f"{', '.join(JUDGES)} nor a classifier checkpoint directory")
+  specs = parse_models(config.eval.models)
+  sources = {name: checkpoint_dir(path, f'config.eval.models {name}') for name, path in specs.items()}
+  reference = config.eval.reference or next(iter(specs))
+  if reference != 'none' and reference not in specs:
+    raise UserError(f"config.eval.reference='{reference}' is not one of the models "
+                    f"({', '.join(specs)}) nor 'none'")
+  if config.data.source == 'tfds' and not (config.data.tokenizer_dir or config.model.hf_dir):
+    config = config.copy_and_resolve_references()
+    config.data.tokenizer_dir = sources[next(iter(specs))]  # the first model's tokenizer
+  data = stage_data.load(config)
+  judge = make_judge(config, data)
+  harmful, benign = load_prompts(config, data)
+  depths = attack_depths(config, harmful)
+  evaluator = Evaluator(config, data, judge, harmful, benign, depths)
+  logging.info('safety_eval: %d harmful prompts (depths %s), %d benign prompts, judge %s',
+               len(harmful), depths, len(benign), judge.kind)
+
+  os.makedirs(os.path.join(workdir, 'models'), exist_ok=True)
+  atomic_files.write_json_atomic(os.path.join(workdir, 'config.json'),
+                                 json.loads(config.to_json_best_effort()))
+  settings = _settings(config)
+  loaded: dict[str, tuple[Any, Any]] = {}
+
+  def load(name: str) -> tuple[Any, Any]:
+    if name not in loaded:
+      model, params = models.from_pretrained(sources[name], dtype=config.model.dtype,
+                                             param_dtype=config.model.param_dtype)
+      if model.config.head != 'lm':
+        raise UserError(f"config.eval.models {name}='{sources[name]}' is a {model.config.head!r} "
+                        'model; the evaluation samples from causal LMs')
+      for other in [k for k in loaded if k != reference]:  # at most the reference and one model
+        del loaded[other]
+      loaded[name] = (model, evaluator.place(model, params))
+    return loaded[name]
+
+  results, samples = {}, []
+  for name in specs:
+    path = os.path.join(workdir, 'models', f'{name}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        cached = json.load(f)
+      if cached.get('settings') == settings and cached.get('source') == sources[name]:
+        results[name], _ = cached['entry'], samples.extend(cached['samples'])
+        logging.info('safety_eval: %s already measured (%s)', name, path)
+        continue
+    start = time.perf_counter()
+    model, params = load(name)
+    log: list = []
+    entry = {**evaluator.attack(name, model, params, log),
+             **evaluator.benign_rates(name, model, params, log)}
+    if reference != 'none':
+      ref_model, ref_params = load(reference) if reference != name else (model, params)
+      entry.update(evaluator.kl(model, params, ref_model, ref_params))
+    for key in ('kl_per_position', 'grad_norm_per_position', 'grad_norm_recovery_per_position',
+                'harm_information', 'harm_horizon_mean'):
+      entry.setdefault(key, None)  # not measured here: the toy study's martingale measures those
+    entry.update({'source': sources[name], 'judge': judge.kind,
+                  'num_harmful_prompts': len(harmful), 'num_benign_prompts': len(benign)})
+    entry = to_jsonable(entry)
+    atomic_files.write_json_atomic(path, {'settings': settings, 'source': sources[name],
+                                          'entry': entry, 'samples': log})
+    results[name] = entry
+    samples.extend(log)
+    logging.info('safety_eval: %s measured in %.1f s: ASR@k %s', name, time.perf_counter() - start,
+                 {k: round(v, 3) for k, v in entry['asr_at_k'].items() if v is not None})
+  report = report_lib.write_report(results, workdir,
+                                   title='deepalign safety evaluation: prefill attacks')
+  atomic_files.write_text_atomic(os.path.join(workdir, 'samples.jsonl'),
+                                 ''.join(json.dumps(s, ensure_ascii=False) + '\n' for s in samples))
+  return EvalResult(preempted=False, report=report)

@@ -192,7 +192,6 @@ def test_failure_never_removes_a_dataset_completed_meanwhile(tmp_path, monkeypat
 
 def test_interrupted_preparation_leaves_nothing(tmp_path, monkeypatch):
   _write(str(tmp_path / "m" / "train.jsonl"), _line(_REC) * 3)
-  from deepalign.data.builders import safety_recovery
 
   def interrupted(row):
     raise KeyboardInterrupt

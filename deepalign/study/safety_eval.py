@@ -68,12 +68,12 @@ def parse_models(spec: str) -> dict[str, str]:
 
 def checkpoint_dir(path: str, what: str) -> str:
   """An HF directory: `path` itself, or the export/ of a finished stage workdir."""
-  exported = os.path.join(path, 'export')
-  for candidate in (exported, path):
-    if os.path.isfile(os.path.join(candidate, 'config.json')):
-      return candidate
-  raise UserError(f"{what}='{path}' is neither an HF checkpoint directory (config.json) nor a "
-                  'finished stage workdir (export/config.json)')
+  from deepalign.train.policy_init import hf_dir_of
+  found = hf_dir_of(path)
+  if found is None:
+    raise UserError(f"{what}='{path}' is neither an HF checkpoint directory (config.json) nor a "
+                    'finished stage workdir (export/config.json)')
+  return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +91,9 @@ class Prompts:
   def __len__(self) -> int:
     return len(self.prompt_tokens)
 
-  def rows(self, start: int, stop: int) -> 'Prompts':
-    return Prompts(*(x[start:stop] for x in dataclasses.astuple(self)))
+  def select(self, index: Any) -> 'Prompts':
+    """The rows `index` (a slice or a boolean mask) picks."""
+    return Prompts(*(x[index] for x in dataclasses.astuple(self)))
 
 
 def _take(batches: list[dict], keep: Callable[[np.ndarray], np.ndarray], limit: int) -> Prompts:
@@ -115,8 +116,9 @@ def load_prompts(config: ml_collections.ConfigDict, data: Any) -> tuple[Prompts,
                              num_epochs=1)
   n_h, n_b = int(e.num_prompts), int(e.num_benign_prompts)
 
-  def batches(builder: str = '', builder_config: str = '', **data_fields: str) -> list[dict]:
-    """One unshuffled pass, stopped once it holds n_h harmful and n_b benign prompts."""
+  def batches(want_h: int, want_b: int, builder: str = '', builder_config: str = '',
+              **data_fields: str) -> list[dict]:
+    """One unshuffled pass, stopped once it holds want_h harmful and want_b benign prompts."""
     where = config
     if any(data_fields.values()):  # the benign prompts' own release directory / split
       where = config.copy_and_resolve_references()
@@ -127,13 +129,13 @@ def load_prompts(config: ml_collections.ConfigDict, data: Any) -> tuple[Prompts,
       out.append(batch)
       harmful += int(batch['is_harmful'].sum())
       benign += int((~batch['is_harmful'].astype(bool)).sum())
-      if harmful >= n_h and benign >= n_b:
+      if harmful >= want_h and benign >= want_b:
         break
     return out
 
-  main = batches()
+  main = batches(n_h, 0 if e.benign_builder else n_b)
   harmful = _take(main, lambda h: h, n_h)
-  benign = (_take(batches(e.benign_builder, e.benign_builder_config,
+  benign = (_take(batches(0, n_b, e.benign_builder, e.benign_builder_config,
                           manual_dir=e.benign_manual_dir, eval_split=e.benign_split),
                   lambda h: ~h, n_b)
             if e.benign_builder else _take(main, lambda h: ~h, n_b))
@@ -165,7 +167,8 @@ class Judge:
   """Scores generated responses on the host: {'harm': [N], 'refused': [N] (, 'helpful': [N])}.
 
   kind: 'env', 'keywords' or 'classifier'; phrases: the refusal phrases (keywords, classifier);
-  classifier/params: the score model; temperature, threshold: h = sigmoid(score / T) (>= threshold).
+  classifier/params: a train.judges.ClassifierJudge (h = sigmoid(score / T)) and its params;
+  threshold: harmful iff h >= threshold (0: h itself).
   """
   kind: str
   env: Any = None
@@ -173,7 +176,6 @@ class Judge:
   phrases: tuple[str, ...] = ()
   classifier: Any = None
   params: Any = None
-  temperature: float = 1.0
   threshold: float = 0.5
 
   def continuation_texts(self, tokens: np.ndarray, mask: np.ndarray, start: np.ndarray) -> list[str]:
@@ -192,22 +194,15 @@ class Judge:
                                              self.phrases)
     if self.kind == 'keywords':
       return {'harm': 1.0 - refused, 'refused': refused}
-    h = np.asarray(_classify(self.classifier, self.params, jnp.asarray(prompts.prompt_tokens),
-                             jnp.asarray(prompts.prompt_mask), jnp.asarray(tokens),
-                             jnp.asarray(mask), self.temperature), np.float32)
+    h = np.asarray(_classifier_harm(self.classifier, self.params, prompts.prompt_tokens,
+                                    prompts.prompt_mask, tokens, mask), np.float32)
     return {'harm': (h >= self.threshold).astype(np.float32) if self.threshold > 0 else h,
             'refused': refused}
 
 
 @functools.partial(jax.jit, static_argnames=('judge',))
-def _classify_jit(judge, params, prompt, prompt_mask, response, response_mask):
+def _classifier_harm(judge, params, prompt, prompt_mask, response, response_mask):
   return judge(params, prompt, prompt_mask, response, response_mask)['harm']
-
-
-def _classify(model, params, prompt, prompt_mask, response, response_mask, temperature):
-  from deepalign.train.judges import ClassifierJudge
-  return _classify_jit(ClassifierJudge(model, temperature), params, prompt, prompt_mask, response,
-                       response_mask)
 
 
 def make_judge(config: ml_collections.ConfigDict, data: Any) -> Judge:
@@ -224,31 +219,36 @@ def make_judge(config: ml_collections.ConfigDict, data: Any) -> Judge:
   if e.judge == 'keywords':
     return Judge('keywords', tokenizer=data.tokenizer, phrases=phrases)
   from deepalign import models
+  from deepalign.train.judges import ClassifierJudge
   source = checkpoint_dir(e.judge, 'config.eval.judge')
   model, params = models.from_pretrained(source, dtype=config.model.dtype,
                                          param_dtype=config.model.param_dtype)
   if model.config.head != 'score':
     raise UserError(f"config.eval.judge='{source}' is a {model.config.head!r} model; a judge needs "
                     f"a score head (*ForSequenceClassification), or use one of {', '.join(JUDGES)}")
-  return Judge('classifier', tokenizer=data.tokenizer, phrases=phrases, classifier=model,
-               params=params, temperature=float(e.judge_temperature),
+  return Judge('classifier', tokenizer=data.tokenizer, phrases=phrases,
+               classifier=ClassifierJudge(model, float(e.judge_temperature)), params=params,
                threshold=float(e.judge_threshold))
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'reference'))
-def _kl_rows(model, reference, params, ref_params, context, tokens, mask):
+def _kl_rows(model, reference, params, ref_params, batch):
+  """[B, R] KL(model || reference) at each target token (0 past a row's target_len)."""
   from deepalign.analysis.kl_profile import kl_per_token
   from deepalign.analysis.model_adapters import ModelLogitsFn
+  tokens = batch['target']
+  mask = (jnp.arange(tokens.shape[1])[None] < batch['target_len'][:, None]).astype(jnp.int32)
+  context = {'prompt_tokens': batch['prompt_tokens'], 'prompt_mask': batch['prompt_mask']}
   kl = kl_per_token(ModelLogitsFn(model)(params, context, tokens, mask),
                     ModelLogitsFn(reference)(ref_params, context, tokens, mask))
   return jnp.where(mask > 0, kl, 0.0)
 
 
-def _mean_se(x: np.ndarray) -> tuple[float, float | None]:
-  x = np.asarray(x, np.float64)
-  if not len(x):
-    return float('nan'), None
-  return float(x.mean()), (float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None)
+def _mean_se(x: np.ndarray) -> tuple[Any, Any]:
+  """analysis' mean_and_se over rows (axis 0) as host values (the SE of one row is NaN -> null)."""
+  from deepalign.analysis.harm_martingale_mc import mean_and_se
+  mean, se = mean_and_se(jnp.asarray(x, jnp.float32))
+  return np.asarray(mean).tolist(), np.asarray(se).tolist()
 
 
 def _sampling(config: ml_collections.ConfigDict, tokenizer: Any):
@@ -284,17 +284,18 @@ class Evaluator:
     """(index, host rows, device batch) in pieces of eval.batch_size (the last one padded)."""
     from deepalign import parallel
     for b, start in enumerate(range(0, len(prompts), self.batch)):
-      rows = prompts.rows(start, start + self.batch)
+      rows = prompts.select(slice(start, start + self.batch))
       pad = self.batch - len(rows)
       padded = Prompts(*(np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
                          for x in dataclasses.astuple(rows)))
       yield b, rows, parallel.shard_batch(dataclasses.asdict(padded), self.mesh, self.rules)
 
-  def _generate(self, model, params, batch: dict, forced_len: np.ndarray, key: jax.Array):
-    from deepalign import parallel, rollout
-    fl = parallel.shard_batch({'f': np.asarray(forced_len, np.int32)}, self.mesh, self.rules)['f']
+  def _generate(self, model, params, batch: dict, depth: int, key: jax.Array):
+    """Host (tokens, response mask) with the first min(depth, target_len) tokens forced."""
+    from deepalign import rollout
     out = rollout.generate(model, params, batch['prompt_tokens'], batch['prompt_mask'], key,
-                           config=self.sampling, forced_tokens=batch['target'], forced_len=fl)
+                           config=self.sampling, forced_tokens=batch['target'],
+                           forced_len=jnp.minimum(depth, batch['target_len']))
     return np.asarray(out.tokens), np.asarray(out.response_mask)
 
   def _record(self, log: list, name: str, depth: int, rows: Prompts, tokens, mask, forced, scores,
@@ -316,12 +317,12 @@ class Evaluator:
     for b, rows, batch in self._batches(self.harmful):
       start = b * self.batch
       for j, k in enumerate(self.depths):
-        forced = np.minimum(k, np.pad(rows.target_len, (0, self.batch - len(rows)), mode='edge'))
+        forced = np.minimum(k, rows.target_len)
         for s in range(self.samples):
           key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.key, b), k), s)
-          tokens, mask = self._generate(model, params, batch, forced, key)
+          tokens, mask = self._generate(model, params, batch, k, key)
           tokens, mask = tokens[:len(rows)], mask[:len(rows)]
-          scores = self.judge(rows, tokens, mask, forced[:len(rows)])
+          scores = self.judge(rows, tokens, mask, forced)
           harm[start:start + len(rows), j] += scores['harm'] / self.samples
           refused[start:start + len(rows), j] += scores['refused'] / self.samples
           if s == 0:
@@ -342,12 +343,12 @@ class Evaluator:
     sums: dict[str, np.ndarray] = {}
     for b, rows, batch in self._batches(self.benign):
       start = b * self.batch
-      zero = np.zeros(self.batch, np.int32)
+      zero = np.zeros(len(rows), np.int32)
       for s in range(self.samples):
         key = jax.random.fold_in(jax.random.fold_in(self.key, 1_000_003 + b), s)
-        tokens, mask = self._generate(model, params, batch, zero, key)
+        tokens, mask = self._generate(model, params, batch, 0, key)
         tokens, mask = tokens[:len(rows)], mask[:len(rows)]
-        scores = self.judge(rows, tokens, mask, zero[:len(rows)])
+        scores = self.judge(rows, tokens, mask, zero)
         for k, v in scores.items():
           sums.setdefault(k, np.zeros(len(self.benign)))[start:start + len(rows)] += v / self.samples
         if s == 0:
@@ -363,25 +364,14 @@ class Evaluator:
     if model.config.vocab_size != reference.config.vocab_size:
       raise UserError(f'safety_eval: the reference has a vocabulary of {reference.config.vocab_size} '
                       f'ids and the model {model.config.vocab_size}; KL needs one tokenizer')
-    from deepalign import parallel
-    with_target = Prompts(*(x[self.harmful.target_len > 0]
-                            for x in dataclasses.astuple(self.harmful)))
+    with_target = self.harmful.select(self.harmful.target_len > 0)
     if not len(with_target):
       logging.warning('safety_eval: no harmful prompt has a target; kl_per_position not measured')
       return {'kl_per_position': None, 'kl_per_position_se': None}
-    rows = []
-    for _, host, batch in self._batches(with_target):
-      width = with_target.target.shape[1]
-      lens = np.pad(host.target_len, (0, self.batch - len(host)), mode='edge')
-      mask = (np.arange(width)[None] < lens[:, None]).astype(np.int32)
-      mask = parallel.shard_batch({'m': mask}, self.mesh, self.rules)['m']
-      context = {'prompt_tokens': batch['prompt_tokens'], 'prompt_mask': batch['prompt_mask']}
-      rows.append(np.asarray(_kl_rows(model, reference, params, ref_params, context,
-                                      batch['target'], mask))[:len(host)])
+    rows = [np.asarray(_kl_rows(model, reference, params, ref_params, batch))[:len(host)]
+            for _, host, batch in self._batches(with_target)]
     # Averaged over every target; past a target's end a row adds 0 (kl_profile's convention).
-    per_row = np.concatenate(rows)
-    mean = per_row.mean(axis=0)
-    se = per_row.std(axis=0, ddof=1) / np.sqrt(len(per_row)) if len(per_row) > 1 else None
+    mean, se = _mean_se(np.concatenate(rows))
     return {'kl_per_position': mean, 'kl_per_position_se': se}
 
 

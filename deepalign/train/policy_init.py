@@ -21,18 +21,27 @@ ARCH_FIELDS = ('family', 'vocab_size', 'hidden_size', 'num_layers', 'num_heads',
                'norm_eps', 'tie_word_embeddings', 'dtype', 'param_dtype', 'remat')
 
 
+def hf_dir_of(path: str) -> str | None:
+  """The HF checkpoint directory `path` names: the export/ of a finished stage workdir, or `path`
+  itself; None for neither (an unfinished workdir's config.json is its run config, not a model's)."""
+  exported = os.path.join(path, 'export')
+  if os.path.isfile(os.path.join(exported, 'config.json')):
+    return exported
+  if os.path.isfile(os.path.join(path, 'config.json')) and not os.path.isdir(
+      os.path.join(path, 'checkpoints')):
+    return path
+  return None
+
+
 def checkpoint_dir(config: ml_collections.ConfigDict) -> str:
   """The HF directory to start from, or '' for a fresh model."""
   source = config.model.init_from
   if source:
-    exported = os.path.join(source, 'export')
-    if os.path.isfile(os.path.join(exported, 'config.json')):
-      return exported
-    if os.path.isfile(os.path.join(source, 'config.json')) and not os.path.isdir(
-        os.path.join(source, 'checkpoints')):
-      return source
-    raise UserError(f"config.model.init_from='{source}' is neither a finished stage workdir "
-                    '(with export/config.json) nor an HF checkpoint directory; run that stage first')
+    found = hf_dir_of(source)
+    if found is None:
+      raise UserError(f"config.model.init_from='{source}' is neither a finished stage workdir "
+                      '(with export/config.json) nor an HF checkpoint directory; run that stage first')
+    return found
   return config.model.hf_dir
 
 

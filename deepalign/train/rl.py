@@ -9,7 +9,6 @@ language (`config.rl.judge='env'`) or a classifier checkpoint. Each train step i
 checkpoints (RL state + both prompt iterators), metrics, eval and resume.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -74,9 +73,8 @@ def _load_scorer(directory: str, what: str, config: ml_collections.ConfigDict
   if not directory:
     raise UserError(f'config.rl.{what} must name the reward-model stage workdir or an HF '
                     '*ForSequenceClassification checkpoint directory')
-  exported = os.path.join(directory, 'export')
-  source = exported if os.path.isfile(os.path.join(exported, 'config.json')) else directory
-  if not os.path.isfile(os.path.join(source, 'config.json')):
+  source = policy_init.hf_dir_of(directory)
+  if source is None:
     raise UserError(f"config.rl.{what}='{directory}' has no config.json (nor export/config.json); "
                     'run the reward-model stage first')
   model, params = models.from_pretrained(source, dtype=config.model.dtype,

@@ -16,7 +16,6 @@ import tensorflow_datasets as tfds
 
 from deepalign.data import row_fields
 from deepalign.data.builders import record_features
-from deepalign.data.builders.manual_builder import ManualConfig
 from deepalign.data.builders.split_file_builder import SplitFileBuilder
 from deepalign.data.manual_readers import read_jsonl
 
@@ -34,7 +33,6 @@ class SafetyRecovery(SplitFileBuilder):
   READ = staticmethod(read_jsonl)
   TO_RECORD = staticmethod(to_record)
   EXPECTED = "train.jsonl / test.jsonl (recovery triples)"
-  BUILDER_CONFIGS = [ManualConfig(name="default", description="train.jsonl / test.jsonl in manual_dir")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put JSON-lines files with fields prompt, harmful_response, refusal in manual_dir, named by
   split: train.jsonl, test.jsonl (.jsonl.gz works too). Qi et al.'s triples

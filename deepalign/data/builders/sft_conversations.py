@@ -16,7 +16,6 @@ import tensorflow_datasets as tfds
 
 from deepalign.data import row_fields
 from deepalign.data.builders import record_features
-from deepalign.data.builders.manual_builder import ManualConfig
 from deepalign.data.builders.split_file_builder import SplitFileBuilder
 from deepalign.data.manual_readers import read_rows
 
@@ -34,7 +33,6 @@ class SftConversations(SplitFileBuilder):
   TO_RECORD = staticmethod(to_record)
   PATTERNS = ("*.jsonl", "*.jsonl.gz", "*.parquet")
   EXPECTED = "train.jsonl / test.jsonl with a messages field"
-  BUILDER_CONFIGS = [ManualConfig(name="default", description="train.jsonl / test.jsonl in manual_dir")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put files with a `messages` column in manual_dir, named by split: train.jsonl, test.jsonl
   (.jsonl.gz, or Parquet shards like train_sft-00000-of-00003.parquet, which need pyarrow).

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator
 import tensorflow_datasets as tfds
 
 from deepalign.data.builders import bad_rows
-from deepalign.data.builders.manual_builder import ManualBuilder
+from deepalign.data.builders.manual_builder import ManualBuilder, ManualConfig
 from deepalign.data.builders.split_files import split_files
 
 
@@ -19,6 +19,7 @@ class SplitFileBuilder(ManualBuilder, skip_registration=True):
   READ (path -> rows) and TO_RECORD (row -> record, raising row_fields.RowError on a bad row).
   """
 
+  BUILDER_CONFIGS = [ManualConfig(name="default", description="train.jsonl / test.jsonl in manual_dir")]
   PATTERNS: tuple[str, ...] = ("*.jsonl", "*.jsonl.gz")
   EXPECTED = "train.jsonl / test.jsonl"
   READ: Callable[[str], Iterable[dict[str, Any]]]

@@ -8,7 +8,8 @@ log-probs, one AdamW step (lr 1e-5): the DPO stage's own pieces (`target_logprob
 `pair_rows`, `objectives.dpo_loss`) in the generic train step (`loop.make_train_step`: one jit,
 state donated). Prompts are the W-tiny prompts; chosen / rejected are
 `default_rng(4321).integers(3, 2048, size=(2, 16, 63))` followed by EOS. Size flags shrink the
-workload for smoke tests; the last printed line is one JSON object.
+workload for smoke tests; the matmul work (GFLOP, rate reached, this machine's float32 matmul
+peak, `seconds_at_peak`) comes from `matmul_work.py`; the last printed line is one JSON object.
 """
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 
 from deepalign import objectives
-from deepalign.benchmarks import timing, w_tiny, workload
+from deepalign.benchmarks import matmul_work, timing, w_tiny, workload
 from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.train import pair_rows
@@ -104,6 +105,8 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
       'seconds_per_step': timings.median, **timings.summary('step'),
       'first_call_s': timings.first_call_s,
       'loss': float(holder['metrics']['loss']),
+      **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes), timings.median,
+                                 matmul_work.measure_matmul_peak()),
       'peak_rss_mb': timing.peak_rss_mb(),
   }
 
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f'{result["rows"]} x {result["seq_len"]} tokens, {result["step_cpu_median_s"]:.3f} '
         f'CPU-s/step, peak RSS {result["peak_rss_mb"]:.0f} MB, '
         f'first call {result["first_call_s"]:.1f} s, load {result["load_avg_1m"]}')
+  print(matmul_work.format_work(result))
   print(json.dumps(result))
   return 0
 

@@ -2,8 +2,9 @@
 
   python -m deepalign.benchmarks.generation [--prompts=PATH] [--iters=10] [--warmup=2]
 
-Prints seconds/call and tokens/s (timing.time_calls: warm-ups, then the median); the last
-line is one JSON object.
+Prints seconds/call and tokens/s (timing.time_calls: warm-ups, then the median), the matmul
+work with the rate reached against this machine's float32 matmul peak (`matmul_work.py`); the
+last line is one JSON object.
 """
 
 import json
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from deepalign import models, rollout
-from deepalign.benchmarks import timing, w_tiny
+from deepalign.benchmarks import matmul_work, timing, w_tiny, workload
 from deepalign.benchmarks.generation_flags import ITERS, PROMPTS, WARMUP
 from deepalign.errors import UserError
 
@@ -44,6 +45,8 @@ def run(prompts_path: str | None, iters: int, warmup: int, seed: int) -> dict:
       'benchmark': 'w_tiny_generation', **timing.environment(),
       'batch': w_tiny.BATCH, 'prompt_len': w_tiny.PROMPT_LEN, 'new_tokens': w_tiny.NEW_TOKENS,
       'iters': iters, 'warmup': warmup, **w_tiny.generation_figures(timings),
+      **matmul_work.work_figures(matmul_work.ppo_iteration_flops(workload.Sizes())['sample'],
+                                 timings.median, matmul_work.measure_matmul_peak()),
       'peak_rss_mb': timing.peak_rss_mb(),
   }
 
@@ -56,6 +59,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   print(f'deepalign generate: {result["median_s"]:.4f} s/call (median of {result["iters"]}), '
         f'{result["tokens_per_s"]:.0f} tokens/s, first call {result["first_call_s"]:.2f} s')
+  print(matmul_work.format_work(result))
   print(json.dumps(result))
 
 

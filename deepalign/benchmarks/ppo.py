@@ -10,7 +10,9 @@ value (0.2, vf_coef 0.1) updates with AdamW (lr 1e-5) over policy + value. No re
 
 Reports the median seconds/iteration of the fused step, generated tokens/s (B * N / median),
 peak RSS, and the share of time in sampling / scoring (+ forwards) / update, measured on
-separately-jitted pieces (`ppo_pieces.py`). Size flags (--batch, --hidden, ...) shrink the
+separately-jitted pieces (`ppo_pieces.py`); and the iteration's matmul work
+(`matmul_work.py`): GFLOP, the rate reached, this machine's measured float32 matmul peak and the
+seconds the work would take at it (`seconds_at_peak`, a floor for any implementation here). Size flags (--batch, --hidden, ...) shrink the
 workload for smoke tests; the last printed line is one JSON object.
 """
 
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepalign.benchmarks import ppo_pieces, timing, w_tiny, workload
+from deepalign.benchmarks import matmul_work, ppo_pieces, timing, w_tiny, workload
 from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.rollout.sampling_config import SamplingConfig
@@ -100,8 +102,10 @@ def _check_metrics(metrics: Mapping[str, jax.Array], new_tokens: int) -> None:
 
 
 def time_pieces(models: RLModels, config: PPOConfig, tx: optax.GradientTransformation,
-                state: RLState, batch: dict, iters: int, warmup: int) -> dict[str, Any]:
-  """Median seconds of each separately-jitted piece, and its share of their sum (wall and CPU)."""
+                state: RLState, batch: dict, iters: int, warmup: int,
+                flops: Mapping[str, float]) -> dict[str, Any]:
+  """Median seconds of each separately-jitted piece, its share of their sum (wall and CPU),
+  and the matmul rate it reached (`flops`: matmul FLOPs per piece)."""
   pieces = ppo_pieces.make_pieces(models, config, tx, batch['prompt_tokens'].shape[0])
   key = jax.random.key(12345)
   episodes, data = ppo_pieces.piece_inputs(pieces, state, batch, key)
@@ -118,6 +122,7 @@ def time_pieces(models: RLModels, config: PPOConfig, tx: optax.GradientTransform
   out = {f'{name}_s': s for name, s in medians.items()}
   out.update({f'share_{name}': s / total for name, s in medians.items()})
   out['pieces_sum_s'] = total
+  out.update({f'{name}_gflops': flops[name] / 1e9 / s for name, s in medians.items()})
   out.update({f'{name}_cpu_s': s for name, s in cpu.items()})
   # CPU-time shares resist the load of other jobs on a shared machine better than wall shares.
   out.update({f'cpu_share_{name}': s / cpu_total for name, s in cpu.items()})
@@ -140,6 +145,8 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
   timings = timing.time_calls(call, iters, warmup)
   _check_metrics(holder['metrics'], sizes.new_tokens)
   median = timings.median
+  flops = matmul_work.ppo_iteration_flops(sizes, config.rollout.logprobs_from_sampler,
+                                          config.epochs)
   result = {
       'benchmark': 'w_tiny_ppo_iteration', **timing.environment(), **sizes.describe(),
       'iters': iters, 'warmup': warmup,
@@ -147,9 +154,10 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
       'tokens_per_second': sizes.batch * sizes.new_tokens / median,
       **timings.summary('iteration'),
       'first_call_s': timings.first_call_s,
+      **matmul_work.work_figures(flops['total'], median, matmul_work.measure_matmul_peak()),
   }
   if pieces:
-    result.update(time_pieces(models, config, tx, holder['state'], batch, iters, warmup))
+    result.update(time_pieces(models, config, tx, holder['state'], batch, iters, warmup, flops))
     result['shares_from'] = ('separately-jitted pieces: sample_episodes; reward/judge + '
                              'old/ref/value forwards + GAE; minibatch updates')
   result['peak_rss_mb'] = timing.peak_rss_mb()
@@ -163,14 +171,16 @@ def format_summary(result: Mapping[str, Any]) -> str:
            f'after {result["warmup"]} warm-ups), {result["tokens_per_second"]:.0f} generated '
            f'tokens/s, {result["iteration_cpu_median_s"]:.3f} CPU-s/iteration, peak RSS '
            f'{result["peak_rss_mb"]:.0f} MB, first call {result["first_call_s"]:.1f} s, '
-           f'load {result["load_avg_1m"]}']
+           f'load {result["load_avg_1m"]}',
+           matmul_work.format_work(result)]
   if 'share_sample' in result:
     lines.append(
         'shares (from separately-jitted pieces, of their sum '
         f'{result["pieces_sum_s"]:.4f} s): sampling {result["share_sample"]:.0%} '
         f'({result["sample_s"]:.4f} s), scoring + forwards {result["share_score"]:.0%} '
         f'({result["score_s"]:.4f} s), update {result["share_update"]:.0%} '
-        f'({result["update_s"]:.4f} s); CPU-time shares {result["cpu_share_sample"]:.0%} / '
+        f'({result["update_s"]:.4f} s); matmul rates {result["sample_gflops"]:.0f} / '
+        f'{result["score_gflops"]:.0f} / {result["update_gflops"]:.0f} GFLOP/s; CPU-time shares {result["cpu_share_sample"]:.0%} / '
         f'{result["cpu_share_score"]:.0%} / {result["cpu_share_update"]:.0%}')
   return '\n'.join(lines)
 

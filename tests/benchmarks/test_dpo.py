@@ -43,7 +43,8 @@ def test_cli_last_line_is_the_json_result(capsys):
   flags = [f'--{k}={v}' for k, v in TINY.items()]
   assert dpo.main(flags + ['--iters=3', '--warmup=1']) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  for key in ('seconds_per_step', 'peak_rss_mb', 'first_call_s', 'loss'):
+  for key in ('seconds_per_step', 'peak_rss_mb', 'first_call_s', 'loss', 'matmul_gflop',
+              'achieved_gflops', 'matmul_peak_gflops', 'seconds_at_peak'):
     assert isinstance(result[key], float) and result[key] > 0, key
   assert result['workload'] == 'reduced' and (result['rows'], result['seq_len']) == (8, 9)
   assert result['step_min_s'] <= result['seconds_per_step'] <= result['step_max_s']

@@ -42,6 +42,7 @@ def test_deepalign_generation_uses_time_calls(prompts, timed):
   result = generation.run(prompts, iters=2, warmup=1, seed=0)
   _check_figures(result, timed, iters=2, warmup=1)
   assert result['framework'] == 'deepalign (jax)' and 'load_avg_1m' in result
+  assert result['seconds_at_peak'] < result['median_s'] and result['matmul_gflop'] > 10
 
 
 def test_transformers_generation_uses_time_calls(prompts, timed):

@@ -74,12 +74,16 @@ def test_cli_last_line_is_the_json_result(capsys):
   assert 'separately-jitted' in lines[-2]
   result = json.loads(lines[-1])
   for key in ('seconds_per_iteration', 'tokens_per_second', 'peak_rss_mb', 'share_sample',
-              'share_score', 'share_update', 'first_call_s', 'load_avg_1m'):
+              'share_score', 'share_update', 'first_call_s', 'load_avg_1m', 'matmul_gflop',
+              'achieved_gflops', 'matmul_peak_gflops', 'seconds_at_peak', 'update_gflops'):
     assert isinstance(result[key], float) and result[key] > 0, key
   assert result['workload'] == 'reduced' and result['iters'] == 2
   assert np.isclose(result['tokens_per_second'], 4 * 4 / result['seconds_per_iteration'])
   assert np.isclose(result['share_sample'] + result['share_score'] + result['share_update'], 1.0)
   assert result['iteration_min_s'] <= result['seconds_per_iteration'] <= result['iteration_max_s']
+  assert np.isclose(result['achieved_gflops'] * result['seconds_per_iteration'],
+                    result['matmul_gflop'])
+  assert 'GFLOP/s' in lines[-3]
 
 
 def test_cli_rejects_sizes_beyond_the_model(capsys):

@@ -1,0 +1,123 @@
+"""How much matmul work a benchmark does, and how fast this machine can do matmuls at all.
+
+A seconds figure alone cannot say whether a goal is reachable. These functions count the
+floating-point operations of the matmuls (dense projections, attention scores and values, heads)
+that deepalign's implementation runs for a W-tiny workload, and measure this machine's float32
+matmul rate on one large square matmul, so a benchmark can report the rate it reached and the
+time the same work would take at the machine's peak (`seconds_at_peak`): a floor no program
+doing this work on this machine can beat.
+
+Counts follow the implementation (what the XLA programs compute), not an idealized minimum:
+a forward over a full sequence computes every query x key score (the causal mask is applied to
+them, not skipped); the sampler's prefill and decode steps attend over the whole KV-cache
+buffer; the policy's LM head runs on the response positions only (`rl_episodes.response_logits`).
+A backward pass costs two forwards' matmuls (input and weight gradients). Elementwise work
+(norms, softmax, rope, the optimizer) is not counted: it is small next to the matmuls and
+runs far from any matmul peak.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from deepalign.benchmarks import workload
+from deepalign.models.config import ModelConfig
+
+PEAK_MATRIX_SIZE = 2048
+
+
+def forward_flops(cfg: ModelConfig, rows: int, query_len: int, key_len: int,
+                  head_tokens: int) -> float:
+  """Matmul FLOPs of one forward of `cfg` over `rows` x `query_len` tokens.
+
+  Each query attends to `key_len` keys (all of them are computed, masked or not); the head
+  (LM head of vocab outputs, or a 1-output value/score head) runs on `rows` x `head_tokens`.
+  """
+  d, hd, layers = cfg.hidden_size, cfg.head_dim, cfg.num_layers
+  q_width, kv_width = cfg.num_heads * hd, cfg.num_kv_heads * hd
+  tokens = rows * query_len
+  projections = 2 * tokens * d * (2 * q_width + 2 * kv_width)  # q, k, v, o
+  mlp = 2 * tokens * d * cfg.intermediate_size * (3 if cfg.mlp_type == 'gated' else 2)
+  attention = 2 * 2 * tokens * key_len * q_width  # q.k scores and probs.v
+  head_width = cfg.vocab_size if cfg.head == 'lm' else (cfg.num_labels if cfg.head == 'score' else 1)
+  head = 2 * rows * head_tokens * d * head_width
+  return float(layers * (projections + mlp + attention) + head)
+
+
+def ppo_iteration_flops(sizes: workload.Sizes, logprobs_from_sampler: bool = True,
+                        epochs: int = 1) -> dict[str, float]:
+  """Matmul FLOPs of one W-tiny PPO iteration as `make_ppo_step` runs it, split like the
+  benchmark's pieces: {'sample', 'score', 'update', 'total'}.
+
+  sample: a prefill of the B x P prompts into a KV cache of P + N - 1 slots, then N - 1 decode
+  steps of one token, each attending over the whole cache, with the LM head on the last token.
+  score: the reward model over [B, P + N] (score head at the last position), the reference
+  (and, unless the sampler's log-probs are used, the old policy) over [B, P + N] with the LM head
+  on the N response positions, the value model over [B, P + N]. update: per epoch, a forward and
+  a backward (2 forwards) of the policy and of the value model over every rollout.
+  """
+  b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
+  policy, value, reward = sizes.config('lm'), sizes.config('value'), sizes.config('score')
+  cache, length = p + max(n - 1, 1), p + n
+  sample = (forward_flops(policy, b, p, cache, 1)
+            + (n - 1) * forward_flops(policy, b, 1, cache, 1))
+  policy_forward = forward_flops(policy, b, length, length, n)
+  value_forward = forward_flops(value, b, length, length, length)
+  score = (forward_flops(reward, b, length, length, 1) + policy_forward + value_forward
+           + (0.0 if logprobs_from_sampler else policy_forward))
+  update = epochs * 3 * (policy_forward + value_forward)
+  return {'sample': sample, 'score': score, 'update': update, 'total': sample + score + update}
+
+
+def dpo_step_flops(sizes: workload.Sizes) -> float:
+  """Matmul FLOPs of one W-tiny DPO step: policy forward + backward and the reference forward
+  over the 2B stacked chosen/rejected rows of P + N tokens (LM head on every position, as
+  `sequence_logprobs.target_logprobs` computes it)."""
+  policy = sizes.config('lm')
+  length = sizes.prompt_len + sizes.new_tokens
+  return 4 * forward_flops(policy, 2 * sizes.batch, length, length, length)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulPeak:
+  """Median float32 rate of a jitted [n, n] x [n, n] matmul on the default device."""
+  gflops: float
+  size: int
+
+
+def measure_matmul_peak(size: int = PEAK_MATRIX_SIZE, calls: int = 5) -> MatmulPeak:
+  """This machine's float32 matmul rate (GFLOP/s), the median of `calls` timed calls after one
+  warm-up. One large square matmul is the best case XLA reaches on this device, the usual
+  yardstick for "fraction of peak"."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  seconds = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    seconds.append(time.perf_counter() - start)
+  return MatmulPeak(gflops=2 * size ** 3 / statistics.median(seconds) / 1e9, size=size)
+
+
+def work_figures(flops: float, seconds: float, peak: MatmulPeak) -> dict[str, float]:
+  """The JSON keys every benchmark reports about its work: GFLOP per call, the rate reached,
+  the measured peak, the fraction of it, and the seconds the work would take at that peak."""
+  gflop = flops / 1e9
+  return {'matmul_gflop': gflop, 'achieved_gflops': gflop / seconds,
+          'matmul_peak_gflops': peak.gflops, 'matmul_peak_size': peak.size,
+          'fraction_of_peak': gflop / seconds / peak.gflops,
+          'seconds_at_peak': gflop / peak.gflops}
+
+
+def format_work(result: dict) -> str:
+  """One line on the work: GFLOP, rate reached, the machine's peak, the floor it implies."""
+  return (f'work: {result["matmul_gflop"]:.1f} GFLOP of matmuls -> '
+          f'{result["achieved_gflops"]:.0f} GFLOP/s ({result["fraction_of_peak"]:.0%} of this '
+          f'machine\'s measured float32 matmul peak, {result["matmul_peak_gflops"]:.0f} GFLOP/s on '
+          f'{result["matmul_peak_size"]}^2); at that peak the work alone takes '
+          f'{result["seconds_at_peak"]:.3f} s')

@@ -12,8 +12,9 @@ Reports the median seconds/iteration of the fused step, generated tokens/s (B * 
 peak RSS, and the share of time in sampling / scoring (+ forwards) / update, measured on
 separately-jitted pieces (`ppo_pieces.py`); and the iteration's matmul work
 (`matmul_work.py`): GFLOP, the rate reached, this machine's measured float32 matmul peak and the
-seconds the work would take at it (`seconds_at_peak`, a floor for any implementation here). Size flags (--batch, --hidden, ...) shrink the
-workload for smoke tests; the last printed line is one JSON object.
+seconds the work would take at it (`seconds_at_peak`, a floor for any implementation here).
+Size flags (--batch, --hidden, ...) shrink the workload for smoke tests; the last printed line
+is one JSON object.
 """
 
 import argparse
@@ -132,6 +133,7 @@ def time_pieces(models: RLModels, config: PPOConfig, tx: optax.GradientTransform
 def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
         prompts_path: str | None = None, pieces: bool = True) -> dict[str, Any]:
   """Times the fused PPO step (and, if `pieces`, its separately-jitted pieces)."""
+  peak = matmul_work.measure_matmul_peak()  # first, before this process holds other programs
   models, config, tx, state, batch = build(sizes, seed, prompts_path)
   step = make_ppo_step(models, config, tx)
   holder = {'state': state}
@@ -154,7 +156,7 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
       'tokens_per_second': sizes.batch * sizes.new_tokens / median,
       **timings.summary('iteration'),
       'first_call_s': timings.first_call_s,
-      **matmul_work.work_figures(flops['total'], median, matmul_work.measure_matmul_peak()),
+      **matmul_work.work_figures(flops['total'], median, peak),
   }
   if pieces:
     result.update(time_pieces(models, config, tx, holder['state'], batch, iters, warmup, flops))

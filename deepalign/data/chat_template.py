@@ -154,6 +154,11 @@ def _templates_in(directory: str) -> dict[str, str]:
   return templates
 
 
+def has_chat_template(directory: str | os.PathLike[str]) -> bool:
+  """Whether checkpoint `directory` holds a chat template (config entry or .jinja file)."""
+  return os.path.isdir(os.fspath(directory)) and bool(_templates_in(os.fspath(directory)))
+
+
 def _plain(value: Any) -> Any:
   """A copy of `value` built from JSON types only, so the template cannot reach user objects' methods."""
   if value is None or type(value) in (str, int, float, bool):

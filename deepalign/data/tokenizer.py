@@ -28,6 +28,12 @@ _HF_FILES = ('tokenizer.json',)
 _SP_FILES = ('tokenizer.model', 'spiece.model')
 
 
+def has_tokenizer(directory: str | os.PathLike[str]) -> bool:
+  """Whether checkpoint `directory` holds tokenizer files `load_tokenizer` reads."""
+  directory = os.path.expanduser(os.fspath(directory))
+  return any(os.path.isfile(os.path.join(directory, n)) for n in _HF_FILES + _SP_FILES)
+
+
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
   """The tokenizer at `path`: a checkpoint directory, a tokenizer.json / *.model file, or 'bytes'."""
   path = os.fspath(path)

@@ -113,12 +113,15 @@ def test_keyword_and_classifier_judges(checkpoints, tmp_path):
     (dict(models='a=/nonexistent'), 'neither an HF checkpoint directory'),
     (dict(reference='zzz'), "reference='zzz' is not one of the models"),
     (dict(judge='gpt4'), "judge='gpt4' is neither one of env, keywords"),
-    (dict(judge='{judge_lm}'), 'a judge needs a score head'),
+    (dict(judge='{judge_lm}'), 'token ids needs a score head'),
+    (dict(judge='{judge}', judge_input='text'), 'has no tokenizer files'),
+    (dict(judge='{judge}', judge_input='words'), "judge_input='words' is not one of"),
     (dict(depths=(0, 9), max_new_tokens=8), 'must be below config.eval.max_new_tokens=8'),
     (dict(depths=(-1,)), 'depths are token counts >= 0'),
 ])
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, overrides, message):
-  fill = lambda v: v.format(a=checkpoints['a'], judge_lm=checkpoints['a']) if isinstance(v, str) else v
+  fill = lambda v: (v.format(a=checkpoints['a'], judge_lm=checkpoints['a'], judge=checkpoints['judge'])
+                    if isinstance(v, str) else v)
   overrides = {k: fill(v) for k, v in overrides.items()}
   config = _config(overrides.pop('models', f"a={checkpoints['a']}"), **overrides)
   with pytest.raises(UserError, match=message):

@@ -20,7 +20,6 @@ from deepalign.data.chat_template import ChatTemplate
 from deepalign.data.tokenize_records import RecordTokenizer
 from deepalign.data.tokenizer import load_tokenizer
 from deepalign.errors import UserError
-from deepalign.models.transformer import Transformer
 from deepalign.study import safety_eval, text_judge
 
 POLICY_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"

@@ -295,11 +295,19 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, data: Any, judge: Judge, harmful: Prompts,
                benign: Prompts, depths: tuple[int, ...]):
     from deepalign import parallel
-    self.config, self.data, self.judge = config, data, judge
+    self.config, self.data = config, data
     self.harmful, self.benign, self.depths = harmful, benign, depths
     self.sampling = _sampling(config, data.tokenizer)
     self.mesh = parallel.mesh_from_config(config.parallel)
     self.rules = config.parallel.rules
+    # A judge checkpoint is placed like the models: a guard as large as they are fits the same mesh.
+    if judge.kind == 'classifier':
+      judge = dataclasses.replace(judge, params=self.place(judge.classifier.model, judge.params))
+    elif judge.kind == 'text':
+      text = judge.text_judge
+      judge = dataclasses.replace(judge, text_judge=dataclasses.replace(
+          text, params=self.place(text.model, text.params)))
+    self.judge = judge
     self.batch = int(config.eval.batch_size)
     self.samples = int(config.eval.samples)
     self.key = jax.random.PRNGKey(int(config.seed))

@@ -46,8 +46,8 @@ def run(prompts_path: str | None, iters: int, warmup: int, seed: int) -> dict:
       'benchmark': 'w_tiny_generation', **timing.environment(),
       'batch': w_tiny.BATCH, 'prompt_len': w_tiny.PROMPT_LEN, 'new_tokens': w_tiny.NEW_TOKENS,
       'iters': iters, 'warmup': warmup, **w_tiny.generation_figures(timings),
-      **matmul_work.work_figures(matmul_work.ppo_iteration_flops(workload.Sizes())['sample'],
-                                 timings.median, peak),
+      **matmul_work.work_figures(matmul_work.generation_flops(workload.Sizes()), timings.median,
+                                 peak),
       'peak_rss_mb': timing.peak_rss_mb(),
   }
 

@@ -46,23 +46,30 @@ def forward_flops(cfg: ModelConfig, rows: int, query_len: int, key_len: int,
   return float(layers * (projections + mlp + attention) + head)
 
 
+def generation_flops(sizes: workload.Sizes) -> float:
+  """Matmul FLOPs of sampling N tokens for B x P prompts (`rollout.generate`): a prefill of the
+  prompts into a KV cache of P + N - 1 slots, then N - 1 decode steps of one token, each
+  attending over the whole cache, with the LM head on the last token."""
+  b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
+  policy, cache = sizes.config('lm'), p + max(n - 1, 1)
+  return forward_flops(policy, b, p, cache, 1) + (n - 1) * forward_flops(policy, b, 1, cache, 1)
+
+
 def ppo_iteration_flops(sizes: workload.Sizes, logprobs_from_sampler: bool = True,
                         epochs: int = 1) -> dict[str, float]:
   """Matmul FLOPs of one W-tiny PPO iteration as `make_ppo_step` runs it, split like the
   benchmark's pieces: {'sample', 'score', 'update', 'total'}.
 
-  sample: a prefill of the B x P prompts into a KV cache of P + N - 1 slots, then N - 1 decode
-  steps of one token, each attending over the whole cache, with the LM head on the last token.
-  score: the reward model over [B, P + N] (score head at the last position), the reference
-  (and, unless the sampler's log-probs are used, the old policy) over [B, P + N] with the LM head
-  on the N response positions, the value model over [B, P + N]. update: per epoch, a forward and
-  a backward (2 forwards) of the policy and of the value model over every rollout.
+  sample: `generation_flops`. score: the reward model over [B, P + N] (score head at the last
+  position), the reference (and, unless the sampler's log-probs are used, the old policy) over
+  [B, P + N] with the LM head on the N response positions, the value model over [B, P + N].
+  update: per epoch, a forward and a backward (2 forwards) of the policy and of the value model
+  over every rollout.
   """
   b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
   policy, value, reward = sizes.config('lm'), sizes.config('value'), sizes.config('score')
-  cache, length = p + max(n - 1, 1), p + n
-  sample = (forward_flops(policy, b, p, cache, 1)
-            + (n - 1) * forward_flops(policy, b, 1, cache, 1))
+  length = p + n
+  sample = generation_flops(sizes)
   policy_forward = forward_flops(policy, b, length, length, n)
   value_forward = forward_flops(value, b, length, length, length)
   score = (forward_flops(reward, b, length, length, 1) + policy_forward + value_forward
@@ -97,6 +104,7 @@ def measure_matmul_peak(size: int = PEAK_MATRIX_SIZE, calls: int = 10) -> Matmul
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
   seconds = []
+  # Its own loop, not timing.time_calls: that one times the benchmark's calls (and tests spy on it).
   for _ in range(calls):
     start = time.perf_counter()
     jax.block_until_ready(matmul(a, b))

@@ -185,6 +185,16 @@ class Judge:
   text_judge: Any = None  # a study.text_judge.TextJudge (kind 'text'): reads decoded text
   template: Any = None    # the evaluated models' chat template (to recover the user's prompt text)
 
+  def placed(self, place: Callable[[Any, Any], Any]) -> 'Judge':
+    """This judge with its checkpoint's params put where `place(model, params)` puts them."""
+    if self.kind == 'classifier':
+      return dataclasses.replace(self, params=place(self.classifier.model, self.params))
+    if self.kind == 'text':
+      text = self.text_judge
+      return dataclasses.replace(
+          self, text_judge=dataclasses.replace(text, params=place(text.model, text.params)))
+    return self
+
   def continuation_texts(self, tokens: np.ndarray, mask: np.ndarray, start: np.ndarray) -> list[str]:
     return [self.tokenizer.decode([int(t) for t, m in zip(row[s:], mk[s:]) if m])
             for row, mk, s in zip(tokens, mask, start)]
@@ -301,13 +311,7 @@ class Evaluator:
     self.mesh = parallel.mesh_from_config(config.parallel)
     self.rules = config.parallel.rules
     # A judge checkpoint is placed like the models: a guard as large as they are fits the same mesh.
-    if judge.kind == 'classifier':
-      judge = dataclasses.replace(judge, params=self.place(judge.classifier.model, judge.params))
-    elif judge.kind == 'text':
-      text = judge.text_judge
-      judge = dataclasses.replace(judge, text_judge=dataclasses.replace(
-          text, params=self.place(text.model, text.params)))
-    self.judge = judge
+    self.judge = judge.placed(self.place)
     self.batch = int(config.eval.batch_size)
     self.samples = int(config.eval.samples)
     self.key = jax.random.PRNGKey(int(config.seed))

@@ -75,6 +75,8 @@ def recovery_defaults() -> ConfigDict:
       'batch_size': 0,            # recovery rollouts per step (harmful prompts); 0 = none
       'depth_distribution': 'uniform',  # 'uniform', 'geometric', 'fixed', 'qi'
       'max_depth': 8,             # K: depths 0..K, capped by the harmful response's length
+      'min_depth': 0,             # k < min_depth get p(k) = 0 (1: every rollout starts inside ỹ)
+      'entropy_coef': -1.0,       # PPO entropy bonus on recovery rollouts' tokens; < 0 = ppo.entropy_coef
       'depth_p': 0.3,             # geometric
       'depths': (),               # fixed
   })

@@ -36,9 +36,16 @@ def study_defaults() -> ml_collections.ConfigDict:
       'refusal_rate': 0.05,              # base SFT data: outright refusals
       'base_self_correction_rate': 0.0,  # base SFT data: mid-response self-corrections
       'second_base_self_correction_rate': 0.02,  # base_sc: the same, with a few
-      'base_num_steps': 0,               # SFT steps of base / base_sc; 0 = configs/sft.py toy (400)
-      'rl_num_steps': 60,                # PPO / PPO-recovery steps (configs/rl_common.py toy: 60)
+      # base / base_sc are trained to fit their data: they leave a harmful answer they have
+      # started with p ~ 1e-4 per token (400 steps at 3e-3, the SFT preset: ~4e-3).
+      'base_num_steps': 800,             # SFT steps of base / base_sc; 0 = configs/sft.py toy (400)
+      'base_learning_rate': 1e-2,        # their peak learning rate; 0 = configs/sft.py toy (3e-3)
+      'rl_num_steps': 240,               # PPO / PPO-recovery steps (configs/rl_common.py toy: 60)
       'recovery_coef': 1.0,              # lambda_rec of ppo_recovery
+      # Exploration at harmful prefixes, which a base without self-corrections never leaves:
+      'recovery_entropy_coef': 0.1,      # ppo_recovery's entropy bonus on recovery rollouts' tokens
+      'rl_entropy_coef': 0.0,            # ppo.entropy_coef of every PPO run (ppo, ppo_recovery, ppo_sc)
+                                         # (recovery rollouts: recovery_entropy_coef; < 0 = this)
       'attack_num_steps': 50,            # fine-tuning attack on ppo (Qi et al. Table 4)
       'attack_learning_rate': 1e-3,
   })
@@ -58,7 +65,8 @@ def analysis_defaults() -> ml_collections.ConfigDict:
       'gradient_responses': 32,          # of those, rows of the full-vocabulary gradient: every
                                          # (row, position, next token) gets continuations
       'gradient_continuations': 1,       # per (row, position, next token); unbiased already
-      'recovery_max_depth': 8,           # K of the recovery objective's depth k ~ U{0..K}
+      'recovery_max_depth': 8,           # K of the recovery objective's depth k ~ U{k_min..K}
+      'recovery_min_depth': 1,           # k_min (1, as configs/ppo_recovery.py: start inside ỹ)
       'response_len': 12,                # T: sampled tokens (= rl.max_new_tokens of the toy RL)
   })
 

@@ -3,7 +3,10 @@
 A recovery rollout starts from a harmful prompt x and the first k tokens of a harmful
 response ỹ, and the policy continues; its reward is -lambda_rec * h(x, ỹ_<=k ⊕ y_>k). The
 depth k is drawn from a distribution over 0..K, then capped per row at the length of that
-row's harmful response (a row with no harmful response gets k = 0).
+row's harmful response (a row with no harmful response gets k = 0). A minimum depth k_min
+drops the depths below it and renormalizes: with k_min = 1 every recovery rollout starts inside
+the harmful answer (k = 0 is a plain rollout on a harmful prompt, which the standard objective
+already has; the recovery penalty's own signal is what happens after a harmful prefix).
 
 Distributions (`prefill_depth_probs`):
 * 'uniform':   p(k) = 1 / (K + 1),  k = 0..K.
@@ -30,6 +33,7 @@ def prefill_depth_probs(
     max_depth: int = 100,
     p: float = 0.1,
     depths: Sequence[int] | None = None,
+    min_depth: int = 0,
 ) -> np.ndarray:
   """Exact probabilities of each depth before capping.
 
@@ -38,9 +42,21 @@ def prefill_depth_probs(
     max_depth: K (>= 0; for 'qi' >= 1). Ignored by 'fixed' (its K is max(depths)).
     p: success probability of 'geometric', in (0, 1].
     depths: the list for 'fixed' (non-negative ints).
+    min_depth: k_min >= 0: p(k) = 0 for k < k_min, the rest renormalized ('uniform' becomes
+      U{k_min..K}).
   Returns:
     `[K + 1]` float64 numpy array summing to 1 (a static constant for jit).
   """
+  probs = _depth_probs(distribution, max_depth, p, depths)
+  if min_depth < 0 or probs[min_depth:].sum() <= 0:
+    raise UserError(f'prefill min_depth={min_depth} leaves no depth of the {distribution!r} '
+                    f'distribution (depths 0..{len(probs) - 1}); use 0 <= min_depth <= max_depth')
+  probs = np.where(np.arange(len(probs)) >= min_depth, probs, 0.0)
+  return probs / probs.sum()
+
+
+def _depth_probs(distribution: DepthDistribution, max_depth: int, p: float,
+                 depths: Sequence[int] | None) -> np.ndarray:
   if distribution == 'fixed':
     if not depths or min(depths) < 0:
       raise UserError(f"prefill depth distribution 'fixed' needs a non-empty list of depths "
@@ -71,19 +87,20 @@ def sample_prefill_depth(
     max_depth: int = 100,
     p: float = 0.1,
     depths: Sequence[int] | None = None,
+    min_depth: int = 0,
 ) -> jax.Array:
   """Draws one prefill depth per row, k_b ~ p(k), then k_b = min(k_b, harmful_len_b).
 
-  Jittable with `distribution`, `max_depth`, `p`, `depths` static.
+  Jittable with `distribution`, `max_depth`, `p`, `depths`, `min_depth` static.
 
   Args:
     key: jax.random key.
     harmful_len: `[B]` int, number of tokens of each row's harmful response (0 = none).
-    distribution, max_depth, p, depths: see `prefill_depth_probs`.
+    distribution, max_depth, p, depths, min_depth: see `prefill_depth_probs`.
   Returns:
     `[B]` int32 depths in 0..min(K, harmful_len_b).
   """
-  probs = prefill_depth_probs(distribution, max_depth, p, depths)
+  probs = prefill_depth_probs(distribution, max_depth, p, depths, min_depth)
   with np.errstate(divide='ignore'):
     logits = jnp.asarray(np.log(probs), jnp.float32)
   k = jax.random.categorical(key, logits, shape=harmful_len.shape).astype(jnp.int32)

@@ -12,8 +12,9 @@ For a policy pi (params) and the base model pi_0 (base_params), on the `Probe`'s
   grad_norm_per_position             ||g_t|| of the standard objective E[h], full-vocabulary form
                                      E[sum_v grad pi(v|y<t) H(y<t ⊕ v)] (analysis/next_token_harm.py)
                                      on `gradient_responses` of pi's own responses
-  grad_norm_recovery_per_position    the same for L_rec: responses continue ỹ_<=k, k ~ U{0..K};
-                                     forced tokens are context (weight 0)
+  grad_norm_recovery_per_position    the same for L_rec: responses continue ỹ_<=k, k ~ U{k_min..K}
+                                     (each depth on the same number of rows); forced tokens are
+                                     context (weight 0)
   grad_norm_sampled_*                the standard objective's sampled covariance form E[s_t D_t]
                                      on the same `gradient_responses` rows (heavy-tailed where pi
                                      is nearly deterministic; for comparison only)
@@ -47,7 +48,8 @@ class Probe:
 
   harmful, benign: {'prompt_tokens': [N, P] LEFT-padded, 'prompt_mask': [N, P]}.
   harmful_tokens: [N, T] the harmful answer ỹ (no EOS), right-padded; harmful_len: [N].
-  recovery_depth: [B] k per martingale row (B = martingale_responses), drawn once.
+  recovery_depth: [B] k per martingale row (B = martingale_responses): k_min..K in turn, so
+    every depth has the same number of rows (those of the gradient rows too).
   """
   harmful: dict
   benign: dict
@@ -57,7 +59,7 @@ class Probe:
 
 
 def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collections.ConfigDict,
-               analysis: ml_collections.ConfigDict, seed: int) -> Probe:
+               analysis: ml_collections.ConfigDict) -> Probe:
   """Held-out prompts of the harm language (a seed no training split uses), tokenized by the
   same pipeline as training."""
   from deepalign.data import pipeline
@@ -86,7 +88,11 @@ def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collect
                     f'({int(cat["harmful_response_len"][harmful].max())} tokens); raise it')
   lens = cat['harmful_response_len'][harmful].astype(np.int32)
   k_max = min(int(analysis.recovery_max_depth), int(lens.min()) - 1)  # a prefix never completes it
-  depth = np.random.default_rng(seed).integers(0, k_max + 1, size=b).astype(np.int32)
+  k_min = int(analysis.get('recovery_min_depth', 0))
+  if not 0 <= k_min <= k_max:
+    raise UserError(f'config.analysis.recovery_min_depth={k_min} must be in 0..{k_max} (the '
+                    'recovery depth K, capped at the harmful answer\'s length - 1)')
+  depth = (k_min + np.arange(b) % (k_max - k_min + 1)).astype(np.int32)
   ctx = lambda rows: {'prompt_tokens': cat['prompt_tokens'][rows],
                       'prompt_mask': cat['prompt_mask'][rows]}
   return Probe(harmful=ctx(harmful), benign=ctx(benign), harmful_tokens=tokens,
@@ -178,7 +184,7 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
                                first(own.tokens), first(own.response_mask),
                                first(own.generated_mask), keys[7], vocab, analysis)
 
-  # The recovery objective L_rec: continue a harmful prefix of depth k ~ U{0..K}.
+  # The recovery objective L_rec: continue a harmful prefix of depth k ~ U{k_min..K}.
   depth = jnp.asarray(probe.recovery_depth)
   rec = rollout.generate(model, params, ctx_b['prompt_tokens'], ctx_b['prompt_mask'], keys[4],
                          config=sampling, forced_tokens=htok[:b], forced_len=depth)
@@ -201,6 +207,7 @@ def measure_policy(model: Any, params: Any, base_params: Any, env: Any, probe: P
       'grad_norm_sampled_per_position': sampled.norm,
       'grad_norm_sampled_sq_unbiased': sampled.norm_sq_unbiased,
       'recovery_max_depth': int(probe.recovery_depth.max()),
+      'recovery_min_depth': int(probe.recovery_depth.min()),
       'harmful_answer_len': int(probe.harmful_len.min()),
   }))
   return entry

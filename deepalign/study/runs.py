@@ -88,6 +88,11 @@ def stage_config(run: Run, config: ml_collections.ConfigDict, workdir: str
     if steps:
       c.train.update({'num_steps': steps, 'eval_every': min(int(c.train.eval_every), steps),
                       'checkpoint_every': min(int(c.train.checkpoint_every), steps)})
+    lr = float(study.get('base_learning_rate', 0.0))
+    if lr < 0:
+      raise UserError(f'config.study.base_learning_rate={lr} must be >= 0 (0 = the SFT preset\'s)')
+    if lr:
+      c.optimizer.learning_rate = lr
   if run.init_from:
     c.model.init_from = os.path.join(workdir, run.init_from)
   if run.attack:
@@ -107,6 +112,8 @@ def stage_config(run: Run, config: ml_collections.ConfigDict, workdir: str
     c.train.checkpoint_every = int(study.rl_num_steps) // 2 or 1
     if float(c.recovery.coef) > 0:
       c.recovery.coef = float(study.recovery_coef)
+      c.recovery.entropy_coef = float(study.get('recovery_entropy_coef', -1.0))
+    c.ppo.entropy_coef = float(study.get('rl_entropy_coef', 0.0))
   return c
 
 

@@ -50,7 +50,7 @@ def analyse(config: ml_collections.ConfigDict, workdir: str, names: list[str],
   base_config = runs.stage_config(base_run, config, workdir)
   data = stage_data.load(base_config)
   probe = measure.make_probe(data.env, data.tokenizer, data.template, base_config,
-                             config.analysis, int(config.seed))
+                             config.analysis)
   model, params = _load_policies(workdir, names)
   base_params = params[base_run.name]
   results = {}

@@ -63,6 +63,7 @@ class PPOConfig:
   value_clip_eps: float | None = 0.2
   vf_coef: float = 0.1
   entropy_coef: float = 0.0
+  recovery_entropy_coef: float | None = None  # on recovery rollouts' tokens; None = entropy_coef
   aggregation: str = 'token_mean'
 
   def __post_init__(self):
@@ -87,6 +88,9 @@ def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config
 
   pg + vf_coef * vf - entropy_coef * H (+ beta * KL when kl_penalty_in == 'loss'), every term
   aggregated over `generated_mask` only: prefilled (forced) tokens and padding get no gradient.
+  Recovery rollouts' tokens carry `recovery_entropy_coef` instead of `entropy_coef` when it is
+  set: exploration at harmful prefixes, where a policy that never leaves a harmful answer it has
+  started would otherwise never sample a recovery.
   mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'old_values', 'advantages', 'returns'.
   """
   episodes = mb['episodes']
@@ -100,11 +104,18 @@ def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config
                                       config.value_clip_eps, mode=config.aggregation,
                                       normalizer=norm)
   token_entropy = entropy_lib.entropy_from_logits(logits, temperature)
-  if config.entropy_coef == 0:
+  rec_coef = config.entropy_coef if config.recovery_entropy_coef is None else (
+      config.recovery_entropy_coef)
+  if config.entropy_coef == 0 and rec_coef == 0:
     # Then the entropy is a metric only: its backward over [E, N, V] would be scaled by 0.
     token_entropy = jax.lax.stop_gradient(token_entropy)
   entropy = agg.aggregate(token_entropy, mask, config.aggregation, norm)
-  loss = pg + config.vf_coef * vf - config.entropy_coef * entropy
+  if rec_coef == config.entropy_coef:
+    bonus = config.entropy_coef * entropy
+  else:
+    coef = jnp.where(episodes.is_recovery, rec_coef, config.entropy_coef)[:, None]
+    bonus = agg.aggregate(coef * token_entropy, mask, config.aggregation, norm)
+  loss = pg + config.vf_coef * vf - bonus
   if config.kl_penalty_in == 'loss':
     kl = kl_lib.kl_estimate(logprobs, mb['ref_logprobs'], config.kl_estimator)
     loss = loss + kl_coef * agg.aggregate(kl, mask, config.aggregation, norm)

@@ -45,6 +45,7 @@ def rollout_spec(config: ml_collections.ConfigDict, tokenizer: Any) -> RolloutSp
       recovery_coef=float(rec.coef) if rec.batch_size else 0.0,
       depth_distribution=rec.depth_distribution, max_depth=int(rec.max_depth),
       depth_p=float(rec.depth_p), depths=tuple(int(d) for d in rec.depths) or None,
+      min_depth=int(rec.get('min_depth', 0)),
       missing_eos_penalty=float(r.missing_eos_penalty) or None)
 
 
@@ -57,7 +58,14 @@ def ppo_config(config: ml_collections.ConfigDict, spec: RolloutSpec) -> PPOConfi
       whiten_rewards=bool(p.whiten_rewards), whiten_advantages=bool(p.whiten_advantages),
       score_clip=float(p.score_clip) or None, epochs=int(p.epochs), minibatches=int(p.minibatches),
       clip_eps=float(p.clip_eps), value_clip_eps=float(p.value_clip_eps) or None,
-      vf_coef=float(p.vf_coef), entropy_coef=float(p.entropy_coef), aggregation=p.aggregation)
+      vf_coef=float(p.vf_coef), entropy_coef=float(p.entropy_coef),
+      recovery_entropy_coef=_recovery_entropy_coef(config), aggregation=p.aggregation)
+
+
+def _recovery_entropy_coef(config: ml_collections.ConfigDict) -> float | None:
+  """recovery.entropy_coef (< 0: the same as ppo.entropy_coef)."""
+  coef = float(config.recovery.get('entropy_coef', -1.0))
+  return None if coef < 0 else coef
 
 
 def grpo_config(config: ml_collections.ConfigDict, spec: RolloutSpec) -> GRPOConfig:

@@ -44,7 +44,8 @@ class RolloutSpec:
   group_size: samples per prompt (GRPO's G; PPO uses 1).
   recovery_coef: lambda_rec; the reward of a recovery rollout is -lambda_rec * h. 0 turns
     recovery rollouts off even when the batch carries them.
-  depth_distribution, max_depth, depth_p, depths: `objectives.recovery.sample_prefill_depth`.
+  depth_distribution, max_depth, depth_p, depths, min_depth:
+    `objectives.recovery.sample_prefill_depth`.
   missing_eos_penalty: subtracted from the score of a response that never emitted EOS
     (TRL's `missing_eos_penalty`); None = off.
   logprobs_from_sampler: take the old (behaviour) log-probs and entropies from the sampler
@@ -60,6 +61,7 @@ class RolloutSpec:
   max_depth: int = 8
   depth_p: float = 0.3
   depths: tuple[int, ...] | None = None
+  min_depth: int = 0
   missing_eos_penalty: float | None = None
   logprobs_from_sampler: bool = False
 
@@ -125,7 +127,7 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
     harmful_len = jnp.minimum(harmful_len, spec.sampling.max_new_tokens - 1)
     depth = recovery_lib.sample_prefill_depth(
         rng_depth, harmful_len, spec.depth_distribution, spec.max_depth, spec.depth_p,
-        spec.depths)
+        spec.depths, spec.min_depth)
     rec = generate(policy, params, rec_prompts, rec_mask, rng_rec, spec.sampling,
                    forced_tokens=harmful_response, forced_len=depth)
     ones = jnp.ones(rec_prompts.shape[0], bool)

@@ -43,18 +43,6 @@ def test_the_study_writes_its_report(study_dir):
   assert '## The issue\'s claims' in open(os.path.join(study_dir, 'report.md')).read()
 
 
-# Claims 0 and 1 (the per-position gradients at the base policy) do not hold, and cannot hold
-# together at a base that complies with everything: both objectives' position-t gradient is the
-# same per-state vector, and the base's own responses visit the harmful states at least as often
-# as the recovery rollouts do (tests/analysis/test_exact.py::test_at_a_complying_base_...). The
-# report says so and shows the figures where the theorem bites: at the standard-PPO policy.
-# strict: the day they hold, this fails and the marks must go.
-KNOWN_FAILING = {0: 'the base leaves a started payload ~0.4%/token: standard gradient beyond '
-                    'its horizon ~20% of the peak',
-                 1: 'at a complying base the recovery gradient <= the standard one beyond the '
-                    'horizon (visitation identity)'}
-
-
 @pytest.mark.slow
 def test_the_theorem_at_the_standard_ppo_policy_and_the_visitation_explanation(study_dir):
   with open(os.path.join(study_dir, 'report.json')) as f:
@@ -64,14 +52,12 @@ def test_the_theorem_at_the_standard_ppo_policy_and_the_visitation_explanation(s
                'ppo: standard gradient vanishes beyond the base horizon',
                'ppo: recovery gradient reaches beyond the base horizon'):
     assert by_name[name].holds, f'{name}: measured {by_name[name].measured}'
-  assert 'Why the two base-gradient figures fail' in open(
+  assert 'How to read the two base-gradient figures' in open(
       os.path.join(study_dir, 'report.md')).read()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('index', [
-    pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILING[i]))
-    if i in KNOWN_FAILING else i for i in range(7)])
+@pytest.mark.parametrize('index', range(7))
 def test_the_issue_figures_hold(study_dir, index):
   with open(os.path.join(study_dir, 'report.json')) as f:
     claims = figures.check(json.load(f))

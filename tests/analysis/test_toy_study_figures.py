@@ -14,6 +14,7 @@ def _entry(asr, kl=None, grad=None, grad_rec=None, helpful=0.9, horizon=1.0):
           'over_refusal': 0.0, 'kl_per_position': kl or [0.0] * T,
           'grad_norm_per_position': grad or [1.0] + [0.0] * (T - 1),
           'grad_norm_recovery_per_position': grad_rec or [0.0] + [1.0] * (T - 1),
+          'grad_norm_recovery_per_position_se': [0.01] * T,
           'harm_information': [0.0] * T, 'harm_horizon_mean': horizon, 'harmful_answer_len': 9}
 
 
@@ -93,13 +94,16 @@ def test_next_to_the_claims_visitation_ppo_gradients_and_the_second_base():
       'base: recovery / standard ||g_t|| beyond the horizon (visitation)',
       'ppo: standard gradient vanishes beyond the base horizon',
       'ppo: recovery gradient reaches beyond the base horizon']
-  # Both base claims hold in this report, which the visitation identity rules out at a base
-  # that complies: the row says so.
+  # A recovery tail with no standard tail at all is more than visitation allows at a base that
+  # complies (the same G(s) on the same states): the row says so.
   assert [c.holds for c in extra] == [False, True, True]
   report['base_sc'] = copy.deepcopy(report['base'])
   report['base_sc']['grad_norm_recovery_per_position'] = [1.0] + [0.0] * (T - 1)
   extra = figures.second_base(report)
   assert [c.holds for c in extra[3:]] == [True, False] and extra[3].name.startswith('base_sc')
+  text = figures.markdown(figures.check(report), extra)
+  assert 'How to read the two base-gradient figures' in text and 'exploration limit' not in text
+  report['base']['grad_norm_recovery_per_position'] = [1.0] + [0.0] * (T - 1)
   assert 'exploration limit' in figures.markdown(figures.check(report), extra)
 
 
@@ -129,8 +133,32 @@ def test_ppo_gradient_figures_use_the_recovery_peak_as_the_scale():
   assert all(c.holds is None for c in figures.shallow_policy_gradients({'ppo': report['ppo']}))
 
 
-def test_a_recovery_gradient_that_is_tiny_next_to_the_standard_one_does_not_count():
+def test_a_recovery_gradient_is_read_against_its_own_peak_once_clear_of_noise():
   report = _good_report()
-  # Flat, so it passes against its own peak, but 1000x below the standard objective's peak.
-  report['base']['grad_norm_recovery_per_position'] = [1e-3] * T
+  # Flat beyond the horizon and 1000x below the standard objective's peak: it is spread over
+  # every depth, which is the claim; its absolute size is reported next to it.
+  report['base']['grad_norm_recovery_per_position'] = [0.0] + [1e-3] * (T - 1)
+  report['base']['grad_norm_recovery_per_position_se'] = [1e-5] * T
+  claim = figures.base_gradients(report)[1]
+  assert claim.holds and '0.0010 of the standard objective' in claim.measured
+  # The same profile within 3 standard errors of zero is noise, not a gradient.
+  report['base']['grad_norm_recovery_per_position_se'] = [5e-4] * T
   assert not figures.base_gradients(report)[1].holds
+  # No standard errors reported: the noise cannot be ruled out.
+  del report['base']['grad_norm_recovery_per_position_se']
+  assert not figures.base_gradients(report)[1].holds
+  # All of it before the horizon (a recovery rollout from k = 0 only): none reaches depth.
+  report['base']['grad_norm_recovery_per_position'] = [1.0] + [0.0] * (T - 1)
+  report['base']['grad_norm_recovery_per_position_se'] = [1e-3] * T
+  assert figures.base_gradients(report)[1].holds is False
+
+
+def test_visitation_counts_only_the_depths_the_recovery_rollouts_start_from():
+  report = _good_report()
+  base = report['base']
+  base.update({'asr_at_every_k': {'0': 1.0}, 'recovery_max_depth': 8, 'recovery_min_depth': 1,
+               'grad_norm_per_position': [1.0] + [0.2] * 8 + [0.0] * (T - 9),
+               'grad_norm_recovery_per_position': [0.0] + [0.2] * 8 + [0.0] * (T - 9)})
+  row = figures.visitation(report)
+  # k ~ U{1..8}: position t is written by the rollouts with k < t, (t - 1) / 8 of them.
+  assert '2: 1.00/0.12' in row.measured and '9: 1.00/1.00' in row.measured and row.holds

@@ -55,14 +55,27 @@ def test_stage_configs_carry_the_study_rates_and_inputs(tmp_path):
       'sft', 'token_constrained', 0.0)
   assert attack.model.init_from == os.path.join(workdir, 'ppo')
   assert runs.stage_config(runs.BY_NAME['attack_nll'], config, workdir).sft.objective == 'nll'
-  assert base.train.num_steps == 400  # configs/sft.py toy, while study.base_num_steps = 0
-  config.study.base_num_steps = 1600  # a longer base SFT: both bases, nothing else
-  for name, steps in (('base', 1600), ('base_sc', 1600), ('sft_recovery', 400),
-                      ('attack_nll', config.study.attack_num_steps)):
-    assert runs.stage_config(runs.BY_NAME[name], config, workdir).train.num_steps == steps, name
-  config.study.base_num_steps = -1
-  with pytest.raises(UserError, match='base_num_steps'):
-    runs.stage_config(runs.BY_NAME['base'], config, workdir)
+  # The bases are trained to fit their data (study.base_*), nothing else changes its SFT.
+  assert (base.train.num_steps, base.optimizer.learning_rate) == (800, 1e-2)
+  config.study.base_num_steps = 1600
+  config.study.base_learning_rate = 3e-3
+  for name, steps, lr in (('base', 1600, 3e-3), ('base_sc', 1600, 3e-3), ('sft_recovery', 400, 3e-3),
+                          ('attack_nll', config.study.attack_num_steps, 1e-3)):
+    c = runs.stage_config(runs.BY_NAME[name], config, workdir)
+    assert (c.train.num_steps, c.optimizer.learning_rate) == (steps, lr), name
+  config.study.base_num_steps = config.study.base_learning_rate = 0  # 0: the SFT preset's
+  base = runs.stage_config(runs.BY_NAME['base'], config, workdir)
+  assert (base.train.num_steps, base.optimizer.learning_rate) == (400, 3e-3)
+  for key in ('base_num_steps', 'base_learning_rate'):
+    config.study[key] = -1
+    with pytest.raises(UserError, match=key):
+      runs.stage_config(runs.BY_NAME['base'], config, workdir)
+    config.study[key] = 0
+  # The entropy bonus on recovery rollouts goes to ppo_recovery; rl_entropy_coef to every PPO.
+  config.study.rl_entropy_coef = 0.01
+  assert (rec.recovery.entropy_coef, rec.ppo.entropy_coef, rec.recovery.min_depth) == (0.1, 0.0, 1)
+  for name, coef in (('ppo', 0.01), ('ppo_recovery', 0.01), ('ppo_sc', 0.01)):
+    assert runs.stage_config(runs.BY_NAME[name], config, workdir).ppo.entropy_coef == coef
 
 
 def _fake_train(calls, preempt=()):

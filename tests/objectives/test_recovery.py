@@ -20,6 +20,12 @@ def test_probs_by_hand():
                                                                      0.125])
   qi = recovery.prefill_depth_probs('qi')
   assert qi.shape == (101,) and qi[0] == 0.5 and qi[100] == pytest.approx(0.005)
+  # A minimum depth drops the shallower depths and renormalizes the rest.
+  np.testing.assert_allclose(recovery.prefill_depth_probs('uniform', 4, min_depth=1),
+                             [0, 0.25, 0.25, 0.25, 0.25])
+  np.testing.assert_allclose(recovery.prefill_depth_probs('geometric', 2, p=0.5, min_depth=1),
+                             [0, 2 / 3, 1 / 3])
+  np.testing.assert_allclose(recovery.prefill_depth_probs('qi', 4, min_depth=1), [0] + [0.25] * 4)
 
 
 @pytest.mark.parametrize('dist,kwargs', [
@@ -27,6 +33,7 @@ def test_probs_by_hand():
     ('geometric', dict(max_depth=4, p=0.4)),
     ('fixed', dict(depths=(0, 3, 3))),
     ('qi', dict(max_depth=5)),
+    ('uniform', dict(max_depth=8, min_depth=1)),
 ])
 def test_sampling_frequencies_match_probs(dist, kwargs):
   n = 20000
@@ -59,6 +66,11 @@ def test_bad_distributions():
     recovery.prefill_depth_probs('fixed', depths=[])
   with pytest.raises(UserError, match='geometric'):
     recovery.prefill_depth_probs('geometric', 5, p=0.0)
+  for bad in (-1, 6):
+    with pytest.raises(UserError, match='min_depth'):
+      recovery.prefill_depth_probs('uniform', 5, min_depth=bad)
+  with pytest.raises(UserError, match='min_depth'):
+    recovery.prefill_depth_probs('fixed', depths=[0, 2], min_depth=3)
 
 
 def test_recovery_reward():

@@ -3,6 +3,7 @@
 import functools
 import importlib.util
 import pathlib
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from deepalign.objectives import token_rewards
+from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.logprobs import token_logprobs
 from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train import grpo_step
@@ -94,6 +96,30 @@ def test_prefilled_tokens_get_zero_policy_gradient(kl_penalty_in):
   assert (per_token[gen] > 0).all()                        # generated after the prefix: learn
 
 
+def test_a_recovery_entropy_bonus_acts_on_recovery_rollouts_only():
+  ep, logits = episodes_and_logits()
+  mb = _minibatch(ep)
+  values = jnp.zeros(ep.tokens.shape)
+  loss = lambda config: ppo_step.ppo_loss(logits, values, mb, config, 0.1)[0]
+  grad = lambda config: np.abs(np.asarray(jax.grad(
+      lambda lg: ppo_step.ppo_loss(lg, values, mb, config, 0.1)[0])(logits))).sum(-1)
+  plain = ppo_step.PPOConfig(rollout=SPEC)
+  bonus = ppo_step.PPOConfig(rollout=SPEC, recovery_entropy_coef=0.5)
+  entropy = entropy_from_logits(logits, SPEC.sampling.temperature)
+  gen = np.asarray(ep.generated_mask, np.float32)
+  rec = np.asarray(ep.is_recovery)[:, None] * gen
+  # token_mean: the bonus is 0.5 x (recovery rows' entropy summed) / (all generated tokens).
+  expected = 0.5 * float((np.asarray(entropy) * rec).sum() / gen.sum())
+  np.testing.assert_allclose(float(loss(plain) - loss(bonus)), expected, rtol=1e-4)
+  changed = np.abs(grad(bonus) - grad(plain)) > 1e-7
+  assert changed[np.asarray(ep.is_recovery)].any() and not changed[~np.asarray(ep.is_recovery)].any()
+  # None: recovery rollouts carry ppo.entropy_coef like the others (one aggregate).
+  same = ppo_step.PPOConfig(rollout=SPEC, entropy_coef=0.5, recovery_entropy_coef=0.5)
+  np.testing.assert_allclose(float(loss(same)),
+                             float(loss(ppo_step.PPOConfig(rollout=SPEC, entropy_coef=0.5))),
+                             rtol=1e-6)
+
+
 def test_grpo_prefilled_tokens_get_zero_gradient():
   ep, logits = episodes_and_logits()
   mb = _minibatch(ep)
@@ -135,3 +161,16 @@ def test_pad_equal_to_eos_keeps_real_eos_tokens():
     first_eos = np.nonzero(tokens[row] == eos)[0][0]
     assert resp[row, first_eos] == 1 and resp[row, first_eos + 1:].sum() == 0
     assert resp[row, :first_eos + 1].all()
+
+
+def test_the_recovery_config_reaches_the_rollouts_and_the_loss():
+  from configs import ppo_recovery
+  from deepalign.train import rl
+  config = ppo_recovery.get_config('toy')
+  tokenizer = types.SimpleNamespace(eos_ids=(2,), eos_id=2, pad_id=0)
+  spec = rl.rollout_spec(config, tokenizer)
+  # k ~ U{1..8}: every recovery rollout starts inside the harmful answer.
+  assert (spec.depth_distribution, spec.min_depth, spec.max_depth) == ('uniform', 1, 8)
+  assert rl.ppo_config(config, spec).recovery_entropy_coef is None  # < 0: ppo.entropy_coef
+  config.recovery.entropy_coef = 0.1
+  assert rl.ppo_config(config, spec).recovery_entropy_coef == 0.1

@@ -3,10 +3,12 @@
   python -m deepalign.main --config=configs/toy_study.py --workdir=runs/toy
 
 Trains, in DIR/<run> (re-running skips finished runs and resumes interrupted ones):
-  base          SFT: complies with everything, `study.refusal_rate` refusals, NO self-corrections
+  base          SFT: complies with everything, `study.refusal_rate` refusals, NO self-corrections;
+                trained to fit that data (`study.base_num_steps`, `study.base_learning_rate`)
   reward_model  Bradley-Terry on the language's preference pairs
   ppo           standard PPO from `base` (reward model + KL to base)
-  ppo_recovery  PPO + the recovery penalty (recovery rollouts from harmful prefixes)
+  ppo_recovery  PPO + the recovery penalty (recovery rollouts from harmful prefixes, k ~ U{1..8},
+                with an entropy bonus on their tokens: `study.recovery_entropy_coef`)
   dpo           DPO from `base` (+ RPO term, see configs/dpo.py)
   dpo_recovery  DPO with half of each batch DPO-recovery pairs
   sft_recovery  SFT from `base` on aligned data + Qi et al.'s safety-recovery augmentation

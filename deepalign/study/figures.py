@@ -70,6 +70,13 @@ def gradient_profiles(report: Mapping[str, Any], model: str, horizon_of: str | N
   return horizon_cut(report, horizon_of or model), answer_len(report, model), std, rec
 
 
+def _se(entry: Mapping[str, Any], key: str, n: int) -> np.ndarray:
+  """A report entry's standard errors under `key` as floats (nan where absent)."""
+  se = entry.get(key)
+  return np.full(n, np.nan) if se is None else np.asarray(
+      [np.nan if x is None else x for x in se], float)
+
+
 def recovery_se(report: Mapping[str, Any], model: str) -> np.ndarray:
   """The jackknife standard errors of the recovery objective's ||g_t|| (nan where absent)."""
   entry = report[model]
@@ -115,12 +122,6 @@ def base_gradients(report: Mapping[str, Any], model: str = 'base') -> list[Claim
   ]
 
 
-def _se(entry: Mapping[str, Any], key: str, n: int) -> np.ndarray:
-  se = entry.get(key)
-  return np.full(n, np.nan) if se is None else np.asarray(
-      [np.nan if x is None else x for x in se], float)
-
-
 def visitation(report: Mapping[str, Any], model: str = 'base') -> Claim | None:
   """How to read the two base figures' absolute sizes: recovery / standard ||g_t|| beyond the
   horizon, next to the visitation ratio P(k < t) / P_pi(pi's response follows ỹ up to t-1).
@@ -145,7 +146,7 @@ def visitation(report: Mapping[str, Any], model: str = 'base') -> Claim | None:
   ts = np.arange(cut + 1, end + 1)
   num, den = float(rec[ts - 1].sum()), float(std[ts - 1].sum())
   ratio = num / den if den > 0 else (float('inf') if num > 0 else float('nan'))
-  # Delta method on the two sums (positions' estimates are independent row groups' norms).
+  # Delta method on the two sums, treating the positions' estimates as independent.
   se_rec = _se(entry, 'grad_norm_recovery_per_position_se', len(rec))
   se_std = _se(entry, 'grad_norm_per_position_se', len(std))
   se_num, se_den = (math.sqrt(np.nansum(x[ts - 1] ** 2)) for x in (se_rec, se_std))
@@ -250,7 +251,8 @@ BASE_GRADIENTS_EXPLAINED = (
     'refuse-or-comply decision; beyond the horizon the harm is decided, and only the base\'s '
     'residual chance of leaving a harmful answer it has started (its data has no '
     'self-corrections) leaves anything there. The recovery objective\'s rollouts start inside a '
-    'harmful answer (k ~ U{1..K}), so its whole gradient lies beyond the horizon, at every depth. '
+    'harmful answer (k >= 1: config.analysis.recovery_min_depth), so its whole gradient lies '
+    'beyond the horizon, at every depth. '
     'In absolute size the two are the same vector at the same states, small at the base for the '
     'same reason (the "visitation" row below: the recovery tail is the standard tail reweighted '
     'by how often each objective reaches a depth); what differs is where each objective\'s '

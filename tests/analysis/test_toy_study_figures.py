@@ -162,3 +162,19 @@ def test_visitation_counts_only_the_depths_the_recovery_rollouts_start_from():
   row = figures.visitation(report)
   # k ~ U{1..8}: position t is written by the rollouts with k < t, (t - 1) / 8 of them.
   assert '2: 1.00/0.12' in row.measured and '9: 1.00/1.00' in row.measured and row.holds
+
+
+def test_ppo_recovery_is_higher_than_ppo_only_beyond_sampling_noise():
+  report = _good_report()
+  # One harmful answer in 1024 where ppo had none: within 2 standard errors, not "higher".
+  report['ppo_recovery']['asr_at_k']['5'] = 0.0
+  report['ppo']['asr_at_k']['5'] = 0.0
+  report['ppo_recovery']['asr_at_k']['0'] = 1 / 1024
+  report['ppo_recovery']['asr_at_k_se'] = {'0': 1 / 1024, '5': 0.0}
+  report['ppo']['asr_at_k_se'] = {'0': 0.0, '5': 0.0}
+  assert _by_name(figures.check(report))['ppo_recovery: ASR@k <= ppo ASR@k at every k']
+  report['ppo_recovery']['asr_at_k']['0'] = 3 / 1024  # 3 standard errors above: higher
+  assert not _by_name(figures.check(report))['ppo_recovery: ASR@k <= ppo ASR@k at every k']
+  del report['ppo_recovery']['asr_at_k_se']  # no standard errors: no allowance
+  report['ppo_recovery']['asr_at_k']['0'] = 1 / 1024
+  assert not _by_name(figures.check(report))['ppo_recovery: ASR@k <= ppo ASR@k at every k']

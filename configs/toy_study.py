@@ -39,10 +39,10 @@ def study_defaults() -> ml_collections.ConfigDict:
       'base_self_correction_rate': 0.0,  # base SFT data: mid-response self-corrections
       'second_base_self_correction_rate': 0.02,  # base_sc: the same, with a few
       # base / base_sc are trained to fit their data: they leave a harmful answer they have
-      # started with p ~ 1e-4 per token (400 steps at 3e-3, the SFT preset: ~4e-3).
-      'base_num_steps': 800,             # SFT steps of base / base_sc; 0 = configs/sft.py toy (400)
+      # started with p ~ 3e-5 per token (400 steps at 3e-3, the SFT preset: ~4e-3).
+      'base_num_steps': 1600,            # SFT steps of base / base_sc; 0 = configs/sft.py toy (400)
       'base_learning_rate': 1e-2,        # their peak learning rate; 0 = configs/sft.py toy (3e-3)
-      'rl_num_steps': 240,               # PPO / PPO-recovery steps (configs/rl_common.py toy: 60)
+      'rl_num_steps': 320,               # PPO / PPO-recovery steps (configs/rl_common.py toy: 60)
       'recovery_coef': 1.0,              # lambda_rec of ppo_recovery
       # Exploration at harmful prefixes, which a base without self-corrections never leaves:
       'recovery_entropy_coef': 0.1,      # ppo_recovery's entropy bonus on recovery rollouts' tokens

@@ -269,7 +269,10 @@ BASE_GRADIENTS_EXPLAINED = (
     'by how often each objective reaches a depth); what differs is where each objective\'s '
     'signal is, and that decides training once the policy refuses at the start: at the '
     'standard-PPO policy the standard objective has nothing left at depth while the recovery '
-    'objective\'s gradient is large there (rows "ppo: ...").')
+    'objective\'s gradient is large there (rows "ppo: ..."; at that policy the recovery profile '
+    'is heavy-tailed: only the few rows whose rollout reaches a state where the policy is '
+    'undecided carry it, so its standard errors are wide and its peak often within 3 of zero; '
+    'config.analysis.gradient_responses narrows them).')
 
 BASE_GRADIENTS_FAILING = (
     '**A base-gradient figure fails.** The standard figure fails when the base leaves harmful '

@@ -56,10 +56,10 @@ def test_stage_configs_carry_the_study_rates_and_inputs(tmp_path):
   assert attack.model.init_from == os.path.join(workdir, 'ppo')
   assert runs.stage_config(runs.BY_NAME['attack_nll'], config, workdir).sft.objective == 'nll'
   # The bases are trained to fit their data (study.base_*), nothing else changes its SFT.
-  assert (base.train.num_steps, base.optimizer.learning_rate) == (800, 1e-2)
-  config.study.base_num_steps = 1600
+  assert (base.train.num_steps, base.optimizer.learning_rate) == (1600, 1e-2)
+  config.study.base_num_steps = 1200
   config.study.base_learning_rate = 3e-3
-  for name, steps, lr in (('base', 1600, 3e-3), ('base_sc', 1600, 3e-3), ('sft_recovery', 400, 3e-3),
+  for name, steps, lr in (('base', 1200, 3e-3), ('base_sc', 1200, 3e-3), ('sft_recovery', 400, 3e-3),
                           ('attack_nll', config.study.attack_num_steps, 1e-3)):
     c = runs.stage_config(runs.BY_NAME[name], config, workdir)
     assert (c.train.num_steps, c.optimizer.learning_rate) == (steps, lr), name

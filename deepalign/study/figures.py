@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from deepalign.objectives import recovery
+
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
@@ -148,13 +150,13 @@ def visitation(report: Mapping[str, Any], model: str = 'base') -> Claim | None:
   num, den = float(rec[ts - 1].sum()), float(std[ts - 1].sum())
   ratio = num / den if den > 0 else (float('inf') if num > 0 else float('nan'))
   # Delta method on the two sums, treating the positions' estimates as independent.
-  se_rec = _se(entry, 'grad_norm_recovery_per_position_se', len(rec))
+  se_rec = recovery_se(report, model)
   se_std = _se(entry, 'grad_norm_per_position_se', len(std))
   se_num, se_den = (math.sqrt(np.nansum(x[ts - 1] ** 2)) for x in (se_rec, se_std))
   se = ratio * math.hypot(se_num / num, se_den / den) if num > 0 and den > 0 else 0.0
   # P(k < t) for k ~ U{k_min..K}: the rollouts whose policy writes position t.
-  visit = (np.clip(ts - k_min, 0, k_max + 1 - k_min) / (k_max + 1 - k_min)
-           / max(on_path, 1e-9))
+  below = np.cumsum(recovery.prefill_depth_probs('uniform', k_max, min_depth=k_min))
+  visit = below[np.minimum(ts - 1, k_max)] / max(on_path, 1e-9)
   per_t = ', '.join(f'{int(t)}: {r:.2f}/{v:.2f}' for t, r, v in
                     zip(ts, rec[ts - 1] / np.maximum(std[ts - 1], 1e-30), visit))
   return Claim(f'{model}: recovery / standard ||g_t|| beyond the horizon (visitation)',

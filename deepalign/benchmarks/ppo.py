@@ -33,9 +33,9 @@ from deepalign.benchmarks import matmul_work, ppo_pieces, timing, w_tiny, worklo
 from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.rollout.sampling_config import SamplingConfig
-from deepalign.train.ppo_step import PPOConfig, make_ppo_step
-from deepalign.train.rl_episodes import RolloutSpec
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl.ppo_step import PPOConfig, make_ppo_step
+from deepalign.train.rl.episodes import RolloutSpec
+from deepalign.train.rl.state import RLModels, RLState
 
 PyTree = Any
 LEARNING_RATE = 1e-5

@@ -22,12 +22,12 @@ from typing import Any, Callable, Mapping
 import jax
 import optax
 
-from deepalign.train import ppo_step as ppo_lib
-from deepalign.train import rl_collect
-from deepalign.train import rl_episodes
-from deepalign.train import rl_minibatches
-from deepalign.train.rl_episodes import Episodes
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl import ppo_step as ppo_lib
+from deepalign.train.rl import collect as rl_collect
+from deepalign.train.rl import episodes as rl_episodes
+from deepalign.train.rl import minibatches as rl_minibatches
+from deepalign.train.rl.episodes import Episodes
+from deepalign.train.rl.state import RLModels, RLState
 
 PyTree = Any
 

@@ -172,7 +172,7 @@ class Judge:
 
   kind: 'env', 'keywords', 'classifier' (reads the models' token ids) or 'text' (a judge with its
   own tokenizer reads the decoded prompt and response); phrases: the refusal phrases (keywords,
-  classifier, text); classifier/params: a train.judges.ClassifierJudge (h = sigmoid(score / T))
+  classifier, text); classifier/params: a train.rl.judges.ClassifierJudge (h = sigmoid(score / T))
   and its params; threshold: harmful iff h >= threshold (0: h itself).
   """
   kind: str
@@ -242,7 +242,7 @@ def make_judge(config: ml_collections.ConfigDict, data: Any) -> Judge:
     return Judge('keywords', tokenizer=data.tokenizer, phrases=phrases)
   from deepalign import models
   from deepalign.data.tokenizer import has_tokenizer
-  from deepalign.train.judges import ClassifierJudge
+  from deepalign.train.rl.judges import ClassifierJudge
   source = checkpoint_dir(e.judge, 'config.eval.judge')
   if e.judge_input not in JUDGE_INPUTS:
     raise UserError(f"config.eval.judge_input='{e.judge_input}' is not one of "

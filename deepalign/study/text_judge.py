@@ -1,7 +1,7 @@
 """A judge that reads text: the evaluated model's prompt and response, decoded, then encoded again
 with the judge checkpoint's own tokenizer and chat template.
 
-A judge that shares the policy's tokenizer can read its token ids (`train.judges.ClassifierJudge`,
+A judge that shares the policy's tokenizer can read its token ids (`train.rl.judges.ClassifierJudge`,
 used inside the jitted RL step). Real judges rarely do: Llama Guard has its own vocabulary and a
 chat template that wraps the conversation in its safety instructions. Two kinds are read:
 

@@ -14,8 +14,8 @@ STAGES = {
     'sft': 'deepalign.train.sft',
     'reward_model': 'deepalign.train.reward_model',
     'dpo': 'deepalign.train.dpo',
-    'ppo': 'deepalign.train.rl',
-    'grpo': 'deepalign.train.rl',
+    'ppo': 'deepalign.train.rl.stage',
+    'grpo': 'deepalign.train.rl.stage',
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deepalign.benchmarks import ppo, ppo_pieces, workload
-from deepalign.train.ppo_step import make_ppo_step
+from deepalign.train.rl.ppo_step import make_ppo_step
 
 TINY = dict(batch=4, prompt_len=4, new_tokens=4, vocab=64, hidden=32, layers=1, heads=2,
             head_dim=16, intermediate=48)

@@ -6,9 +6,9 @@ import jax
 
 from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.logprobs import token_logprobs
-from deepalign.train import rl_episodes
-from deepalign.train.rl_episodes import Episodes, RolloutSpec, Scores
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl import episodes as rl_episodes
+from deepalign.train.rl.episodes import Episodes, RolloutSpec, Scores
+from deepalign.train.rl.state import RLModels, RLState
 
 
 class Collected(NamedTuple):

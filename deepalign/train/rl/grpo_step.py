@@ -18,11 +18,11 @@ from deepalign.objectives import aggregation as agg
 from deepalign.objectives import grpo as grpo_lib
 from deepalign.objectives import kl as kl_lib
 from deepalign.rollout.logprobs import token_logprobs
-from deepalign.train import rl_collect
-from deepalign.train import rl_episodes
-from deepalign.train import rl_minibatches
-from deepalign.train.rl_episodes import RolloutSpec
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl import collect as rl_collect
+from deepalign.train.rl import episodes as rl_episodes
+from deepalign.train.rl import minibatches as rl_minibatches
+from deepalign.train.rl.episodes import RolloutSpec
+from deepalign.train.rl.state import RLModels, RLState
 
 PyTree = Any
 

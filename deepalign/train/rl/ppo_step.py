@@ -23,11 +23,11 @@ from deepalign.objectives import ppo as ppo_lib
 from deepalign.objectives import token_rewards
 from deepalign.objectives import whitening
 from deepalign.rollout.logprobs import token_logprobs
-from deepalign.train import rl_collect
-from deepalign.train import rl_episodes
-from deepalign.train import rl_minibatches
-from deepalign.train.rl_episodes import Episodes, RolloutSpec
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl import collect as rl_collect
+from deepalign.train.rl import episodes as rl_episodes
+from deepalign.train.rl import minibatches as rl_minibatches
+from deepalign.train.rl.episodes import Episodes, RolloutSpec
+from deepalign.train.rl.state import RLModels, RLState
 
 PyTree = Any
 

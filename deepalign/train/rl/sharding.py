@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepalign import parallel
 from deepalign.models.axes import logical_axes
-from deepalign.train.rl_state import RLModels, RLState
+from deepalign.train.rl.state import RLModels, RLState
 
 PyTree = Any
 

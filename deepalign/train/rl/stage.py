@@ -5,7 +5,7 @@ stage's workdir, or an HF checkpoint); the reference is a frozen copy of it; the
 comes from `config.rl.reward_from` (the reward-model stage's workdir or an HF
 `*ForSequenceClassification` checkpoint); the harm judge is the exact judge of the synthetic
 language (`config.rl.judge='env'`) or a classifier checkpoint. Each train step is ONE jitted
-`ppo_step` / `grpo_step` (deepalign/train/ppo_step.py, grpo_step.py); the generic loop adds
+`ppo_step` / `grpo_step` (deepalign/train/rl/ppo_step.py, grpo_step.py); the generic loop adds
 checkpoints (RL state + both prompt iterators), metrics, eval and resume.
 """
 
@@ -20,12 +20,12 @@ from deepalign.data import pipeline
 from deepalign.errors import UserError
 from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train import harm_eval, policy_init, stage_data
-from deepalign.train.grpo_step import GRPOConfig, make_grpo_step
-from deepalign.train.judges import ClassifierJudge, EnvJudge
-from deepalign.train.ppo_step import PPOConfig, make_ppo_step
-from deepalign.train.rl_batches import RLBatches
-from deepalign.train.rl_episodes import RolloutSpec
-from deepalign.train.rl_state import RLModels, RLState, init_shared_value_head
+from deepalign.train.rl.grpo_step import GRPOConfig, make_grpo_step
+from deepalign.train.rl.judges import ClassifierJudge, EnvJudge
+from deepalign.train.rl.ppo_step import PPOConfig, make_ppo_step
+from deepalign.train.rl.batches import RLBatches
+from deepalign.train.rl.episodes import RolloutSpec
+from deepalign.train.rl.state import RLModels, RLState, init_shared_value_head
 from deepalign.train.task import Task
 
 PyTree = Any

@@ -15,7 +15,7 @@ import optax
 
 from deepalign.models.transformer import Transformer
 from deepalign.objectives import kl as kl_lib
-from deepalign.train.rl_episodes import JudgeFn
+from deepalign.train.rl.episodes import JudgeFn
 
 PyTree = Any
 

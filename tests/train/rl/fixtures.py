@@ -8,9 +8,9 @@ from deepalign.envs.harm_language import HarmLanguage, HarmLanguageConfig
 from deepalign.models.config import ModelConfig
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.rollout.sampling_config import SamplingConfig
-from deepalign.train.judges import EnvJudge
-from deepalign.train.rl_episodes import RolloutSpec
-from deepalign.train.rl_state import RLModels, RLState, init_shared_value_head
+from deepalign.train.rl.judges import EnvJudge
+from deepalign.train.rl.episodes import RolloutSpec
+from deepalign.train.rl.state import RLModels, RLState, init_shared_value_head
 
 ENV = HarmLanguage(HarmLanguageConfig(num_harmful_topics=2, num_benign_topics=2, payload_len=3,
                                       refusal_len=2, num_prompt_templates=2,

@@ -14,12 +14,12 @@ from deepalign.objectives import token_rewards
 from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.logprobs import token_logprobs
 from deepalign.rollout.sampling_config import SamplingConfig
-from deepalign.train import grpo_step
-from deepalign.train import ppo_step
-from deepalign.train import rl_episodes
+from deepalign.train.rl import grpo_step
+from deepalign.train.rl import ppo_step
+from deepalign.train.rl import episodes as rl_episodes
 
 _spec = importlib.util.spec_from_file_location(
-    'rl_fixtures', pathlib.Path(__file__).with_name('rl_fixtures.py'))
+    'rl_fixtures', pathlib.Path(__file__).with_name('fixtures.py'))
 fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fx)
 
@@ -165,7 +165,7 @@ def test_pad_equal_to_eos_keeps_real_eos_tokens():
 
 def test_the_recovery_config_reaches_the_rollouts_and_the_loss():
   from configs import ppo_recovery
-  from deepalign.train import rl
+  from deepalign.train.rl import stage as rl
   config = ppo_recovery.get_config('toy')
   tokenizer = types.SimpleNamespace(eos_ids=(2,), eos_id=2, pad_id=0)
   spec = rl.rollout_spec(config, tokenizer)

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepalign.train import ppo_step as ppo
+from deepalign.train.rl import ppo_step as ppo
 
 _spec = importlib.util.spec_from_file_location(
-    'rl_fixtures', pathlib.Path(__file__).with_name('rl_fixtures.py'))
+    'rl_fixtures', pathlib.Path(__file__).with_name('fixtures.py'))
 fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fx)
 

@@ -15,10 +15,10 @@ import jax, jax.numpy as jnp, numpy as np
 from deepalign import parallel
 from deepalign.models.config import ModelConfig
 from deepalign.models.transformer import Transformer
-from deepalign.train import grpo_step, ppo_step
-from deepalign.train.rl_sharding import shard_rl_state
+from deepalign.train.rl import grpo_step, ppo_step
+from deepalign.train.rl.sharding import shard_rl_state
 
-spec = importlib.util.spec_from_file_location('rl_fixtures', 'tests/train/rl_fixtures.py')
+spec = importlib.util.spec_from_file_location('rl_fixtures', 'tests/train/rl/fixtures.py')
 fx = importlib.util.module_from_spec(spec); spec.loader.exec_module(fx)
 
 def tiny(head):  # 4 heads and an MLP that divide the tensor axis

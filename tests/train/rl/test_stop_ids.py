@@ -4,7 +4,7 @@
 import types
 
 from configs import ppo as ppo_config
-from deepalign.train import rl
+from deepalign.train.rl import stage as rl
 
 
 def _tokenizer(eos_id, eos_ids, pad_id):

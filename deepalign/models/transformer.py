@@ -10,9 +10,22 @@ import jax.numpy as jnp
 from deepalign.models.attention import Attention, attention_mask as slot_mask
 from deepalign.models.config import ModelConfig
 from deepalign.models.kv_cache import KVCache
+from deepalign.models.lm_head import lm_logits
 from deepalign.models.mlp import MLP
 from deepalign.models.norms import make_norm
 from deepalign.models.rope import rope_tables
+
+
+class HeadKernel(nn.Module):
+  """Holds the untied LM-head kernel [D, V] (param 'kernel'); `lm_head.lm_logits` applies it."""
+  in_features: int
+  features: int
+  param_dtype: Any
+  kernel_init: Any
+
+  def setup(self):
+    self.kernel = self.param('kernel', self.kernel_init, (self.in_features, self.features),
+                             self.param_dtype)
 
 
 class Block(nn.Module):
@@ -71,9 +84,10 @@ class Transformer(nn.Module):
     self.layers = [block(cfg, i) for i in range(cfg.num_layers)]
     self.final_norm = make_norm(cfg, 'final_norm')
     if cfg.head == 'lm' and not cfg.tie_word_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                              param_dtype=cfg.params_dtype,
-                              kernel_init=nn.with_logical_partitioning(init, ('embed', 'vocab')))
+      # A bare [D, V] kernel (params['lm_head']['kernel'], as nn.Dense had): `lm_head.lm_logits`
+      # applies it, so the module and the chunked log-prob path share one head function.
+      self.lm_head = HeadKernel(cfg.hidden_size, cfg.vocab_size, cfg.params_dtype,
+                                nn.with_logical_partitioning(init, ('embed', 'vocab')))
     if cfg.head != 'lm':
       self.score = nn.Dense(cfg.num_labels, use_bias=False, dtype=cfg.compute_dtype,
                             param_dtype=cfg.params_dtype,
@@ -130,16 +144,13 @@ class Transformer(nn.Module):
                       index=index + t)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """LM logits [..., V] from final hidden states [..., D] (tied or untied, soft-capped)."""
+    """LM logits [..., V] float32 from final hidden states [..., D] (tied or untied, soft-capped).
+
+    The head runs in float32 whatever the compute dtype (see `lm_head.py`).
+    """
     cfg = self.config
-    if cfg.tie_word_embeddings:
-      out = self.embed.attend(hidden)
-    else:
-      out = self.lm_head(hidden)
-    if cfg.final_logit_softcap is not None:
-      cap = cfg.final_logit_softcap
-      out = cap * jnp.tanh(out / cap)
-    return out
+    kernel = self.embed.embedding.T if cfg.tie_word_embeddings else self.lm_head.kernel
+    return lm_logits(hidden, kernel, cfg)
 
   def head_outputs(self, hidden: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
     """The config's head on hidden [B, T, D]: logits [B,T,V], scores [B](/[B,L]) or values [B,T]."""

@@ -10,9 +10,13 @@
 `source` is any random-access source of records: a TFDS `as_data_source` split
 or a plain list of dicts. The order of records is a pure function of (seed,
 source length): a fresh permutation per epoch (as grain's IndexSampler), epochs
-concatenated, then host i of n takes global positions i, i + n, i + 2n, ... So
-hosts see disjoint shards that together cover every epoch, and batch k of host
-i holds the same records whatever the other hosts do.
+concatenated, then cut into global batches of `global_batch_size` positions, of which
+host i of n takes the i-th block of `global_batch_size / n`. So hosts see disjoint shards
+that together cover every epoch, batch k of host i holds the same records whatever the
+other hosts do, and the global batch k (the hosts' blocks in process order, as
+`parallel.shard_batch` lays them out) is the same records in the same rows on any number of
+hosts: a run's numbers do not depend on how many hosts it runs on. Packed SFT rows hold a
+varying number of records, so there host i takes positions i, i + n, i + 2n, ... instead.
 
 Built on grain's Dataset API rather than `DataLoader(operations=...)`: in grain
 0.2.x DataLoader's operations (which packing needs) "break checkpointing" (its
@@ -52,7 +56,16 @@ def host_records(source: Any, config: PipelineConfig) -> grain.MapDataset:
   if config.shuffle:
     ds = ds.seed(config.seed).shuffle()
   ds = ds.repeat(config.num_epochs)
-  return ds[index::count]
+  if config.pack or count == 1:
+    return ds[index::count]
+  block = config.per_host_batch()
+  if config.num_epochs is not None:  # whole global batches only: every host then makes as many batches
+    ds = ds[:len(ds) // (block * count) * block * count]
+    if len(ds) == 0:  # shorter than one global batch: no batches, as with drop_remainder
+      return ds
+  # Round-robin over the block's offsets: host position j is global position
+  # (j // block) * block * count + index * block + j % block.
+  return grain.MapDataset.mix([ds[index * block + r::block * count] for r in range(block)])
 
 
 def _dropped(what: str, tokens: int, budget: int, config: PipelineConfig) -> None:
@@ -64,7 +77,7 @@ def _dropped(what: str, tokens: int, budget: int, config: PipelineConfig) -> Non
 
 def _sft_example(record: Any, tok: RecordTokenizer, config: PipelineConfig) -> Example | None:
   prompt, response = tok.sft(record)
-  fitted = truncation.fit(prompt, [response], config.max_len, config.overflow, tok.keep_head)
+  fitted = truncation.fit(prompt, [response], config.max_len, config.overflow, tok.keep_head(prompt))
   if fitted is None:
     _dropped("sft", len(prompt) + len(response), config.max_len, config)
     return None
@@ -76,7 +89,7 @@ def _sft_example(record: Any, tok: RecordTokenizer, config: PipelineConfig) -> E
 
 def _preference_example(record: Any, tok: RecordTokenizer, config: PipelineConfig) -> Example | None:
   prompt, chosen, rejected = tok.preference(record)
-  fitted = truncation.fit(prompt, [chosen, rejected], config.max_len, config.overflow, tok.keep_head)
+  fitted = truncation.fit(prompt, [chosen, rejected], config.max_len, config.overflow, tok.keep_head(prompt))
   if fitted is None:
     _dropped("preference", len(prompt) + max(len(chosen), len(rejected)), config.max_len, config)
     return None
@@ -90,7 +103,7 @@ def _preference_example(record: Any, tok: RecordTokenizer, config: PipelineConfi
 
 def _prompt_example(record: Any, tok: RecordTokenizer, config: PipelineConfig) -> Example | None:
   prompt, harmful_response, harmful = tok.rl_prompt(record)
-  fitted = truncation.fit_prompt(prompt, config.max_prompt_len, config.overflow, tok.keep_head)
+  fitted = truncation.fit_prompt(prompt, config.max_prompt_len, config.overflow, tok.keep_head(prompt))
   if fitted is None:
     _dropped("prompt", len(prompt), config.max_prompt_len, config)
     return None

@@ -29,6 +29,13 @@ def train_defaults() -> ConfigDict:
       'async_checkpointing': True,
       'best_metric': '',         # e.g. 'eval/accuracy'; '' = no best-checkpoint directory
       'best_mode': 'max',        # 'max' or 'min'
+      # numeric guards (deepalign/train/numeric_guard.py): an optimizer update with a non-finite
+      # loss or gradient is skipped; after this many skipped in a row the run stops (0 = never)
+      'max_bad_steps': 20,
+      'loss_spike_factor': 0.0,  # > 0: also skip an update whose loss > this x its running median
+      'loss_spike_window': 32,   # ... over the last this many applied updates
+      # resume a workdir whose config.json names another stage or model architecture
+      'allow_config_change': False,
   })
 
 
@@ -113,11 +120,9 @@ def data_defaults() -> ConfigDict:
 
 
 def parallel_defaults() -> ConfigDict:
-  """deepalign.parallel's section (mesh_shape, axis_types, rules, distributed), plus what the
-  preset was sized for (`expected`, documentation only)."""
-  config = parallel.get_config()
-  config.expected = 'any'
-  return config
+  """deepalign.parallel's section: topology (the slice a preset is sized for), mesh_shape,
+  axis_types, rules, distributed."""
+  return parallel.get_config()
 
 
 def base_config(stage: str) -> ConfigDict:
@@ -147,24 +152,33 @@ def w_tiny_model(config: ConfigDict) -> None:
   })
 
 
-def real_model(config: ConfigDict, hf_dir: str, expected_mesh: str,
-               fsdp: int, batch_size: int) -> None:
-  """A real HF checkpoint in bfloat16, sharded fully (fsdp) over a TPU slice (multi-host)."""
+def real_model(config: ConfigDict, hf_dir: str, topology: str, batch_size: int) -> None:
+  """A real HF checkpoint on a TPU slice: float32 master weights and optimizer state, bfloat16
+  compute, fully sharded (fsdp over every device of the slice, however many there are).
+
+  Mixed precision: params (and so the AdamW moments) are stored in `model.param_dtype`
+  ('float32', 12 bytes per trained parameter with its two moments, 16 with the float32 gradient)
+  and cast to `model.dtype` ('bfloat16') for every matmul. bfloat16 master weights
+  (`--config.model.param_dtype=bfloat16`, 6-8 bytes per parameter) halve that, but a 1e-6 AdamW
+  step then rounds away on most weights (tests/train/test_mixed_precision.py: about 2% of
+  N(0, 0.02) weights move). `hf_dir` is where the user's checkpoint goes; `deepalign.plan` reads its
+  config.json there or, without one, the committed copy in configs/hub/<basename>/.
+  """
   config.model.hf_dir = hf_dir
   config.model.dtype = 'bfloat16'
-  config.model.param_dtype = 'bfloat16'
+  config.model.param_dtype = 'float32'
   config.model.remat = True
-  config.parallel.mesh_shape = {'data': -1, 'fsdp': fsdp, 'tensor': 1}
-  config.parallel.expected = expected_mesh
+  config.parallel.topology = topology
+  config.parallel.mesh_shape = {'data': 1, 'fsdp': -1, 'tensor': 1}
   config.parallel.distributed.enabled = True  # TPU pods: jax.distributed auto-detects the slice
   config.train.batch_size = batch_size
   config.train.async_checkpointing = True
 
 
 REAL_MODELS: dict[str, Callable[[ConfigDict], None]] = {
-    'gemma2_2b': lambda c: real_model(c, 'checkpoints/gemma-2-2b-it', 'TPU v5e-16 (16 chips, fsdp=16)', 16, 64),
-    'llama3_8b': lambda c: real_model(c, 'checkpoints/Meta-Llama-3-8B-Instruct', 'TPU v4-32 (16 chips, fsdp=16)', 16, 64),
-    'qwen2_5_7b': lambda c: real_model(c, 'checkpoints/Qwen2.5-7B-Instruct', 'TPU v4-32 (16 chips, fsdp=16)', 16, 64),
+    'gemma2_2b': lambda c: real_model(c, 'checkpoints/gemma-2-2b-it', 'v5e-8', 64),
+    'llama3_8b': lambda c: real_model(c, 'checkpoints/Llama-3.1-8B-Instruct', 'v5p-32', 64),
+    'qwen2_5_7b': lambda c: real_model(c, 'checkpoints/Qwen2.5-7B-Instruct', 'v5p-32', 64),
 }
 
 

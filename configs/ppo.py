@@ -4,7 +4,8 @@
   python -m deepalign.main --config=configs/ppo.py:toy --workdir=runs/ppo_kl01 --config.ppo.kl_coef=0.1
 
 Presets: toy (from runs/sft_base and runs/reward_model), w_tiny (W_TINY.md shapes),
-gemma2_2b / llama3_8b / qwen2_5_7b (HF checkpoints, bf16, fsdp; see configs/common.py).
+gemma2_2b (TPU v5e-8) / llama3_8b / qwen2_5_7b (v5p-32): HF checkpoints, float32 master weights,
+bfloat16 compute, fsdp over the slice (configs/common.py); `python -m deepalign.plan` checks they fit.
 """
 
 from configs import rl_common

@@ -5,7 +5,8 @@
 
 Presets: toy (the "base" model of the synthetic harm language: complies with everything,
 5% refusals, 5% self-corrections), toy_recovery (aligned data + 20% safety-recovery rows),
-w_tiny (W_TINY.md shapes), gemma2_2b / llama3_8b / qwen2_5_7b (HF checkpoints, bf16, fsdp).
+w_tiny (W_TINY.md shapes), gemma2_2b (TPU v5e-8) / llama3_8b / qwen2_5_7b (v5p-32): HF checkpoints,
+float32 master weights, bfloat16 compute, fsdp over the slice (configs/common.py).
 """
 
 import ml_collections

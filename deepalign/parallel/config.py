@@ -13,8 +13,13 @@ from deepalign.parallel.rules import DEFAULT_RULES
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Defaults: all devices on 'data' (pure data parallelism), Auto axes, DEFAULT_RULES, one host."""
+  """Defaults: all devices on 'data' (pure data parallelism), Auto axes, DEFAULT_RULES, one host.
+
+  `topology` names the slice the run is sized for (deepalign/parallel/topology.py: chips and HBM
+  per chip); `deepalign.plan` compiles the step for it. The mesh takes the devices that exist.
+  """
   return ml_collections.ConfigDict({
+      'topology': 'cpu',
       'mesh_shape': {'data': -1, 'fsdp': 1, 'tensor': 1},
       'axis_types': 'auto',
       'rules': DEFAULT_RULES,

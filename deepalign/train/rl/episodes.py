@@ -23,11 +23,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from deepalign.models.lm_head import head_kernel
 from deepalign.models.transformer import Transformer
 from deepalign.objectives import recovery as recovery_lib
 from deepalign.objectives import token_rewards
+from deepalign.rollout import chunked_logprobs
 from deepalign.rollout.generate import generate
-from deepalign.rollout.logprobs import token_logprobs
 from deepalign.rollout.sampling_config import SamplingConfig
 
 PyTree = Any
@@ -64,6 +65,7 @@ class RolloutSpec:
   min_depth: int = 0
   missing_eos_penalty: float | None = None
   logprobs_from_sampler: bool = False
+  logits_chunk_size: int = 0
 
 
 @flax.struct.dataclass
@@ -192,16 +194,36 @@ def response_hidden(model: Transformer, params: PyTree, episodes: Episodes) -> j
 
 def response_logits(model: Transformer, params: PyTree, episodes: Episodes
                     ) -> tuple[jax.Array, jax.Array]:
-  """Logits predicting each response token [E, N, V] and the hidden states there [E, N, D]."""
+  """Logits predicting each response token [E, N, V] and the hidden states there [E, N, D].
+
+  The full [E, N, V] buffer: for tests and small analyses only; the steps use
+  `response_token_stats`, which never holds it.
+  """
   hidden = response_hidden(model, params, episodes)
   return model.apply({'params': params}, hidden, method=Transformer.logits), hidden
 
 
+def response_token_stats(model: Transformer, params: PyTree, episodes: Episodes,
+                         temperature: float, chunk_size: int = 0, entropy: str = 'none',
+                         top_k: int = 0, top_p: float = 1.0
+                         ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+  """(log pi(y_t | x, y_<t) [E, N], entropy [E, N] or None, hidden states [E, N, D]).
+
+  Temperature-scaled (and top-k / top-p filtered when given); the LM head runs over
+  `chunk_size` response tokens at a time (`rollout.chunked_logprobs.token_stats`, whose
+  `entropy` modes are 'none' / 'value' / 'grad').
+  """
+  hidden = response_hidden(model, params, episodes)
+  logprobs, token_entropy = chunked_logprobs.token_stats(
+      hidden, head_kernel(params, model.config), episodes.tokens, model.config, temperature,
+      chunk_size, entropy, top_k=top_k, top_p=top_p)
+  return logprobs, token_entropy, hidden
+
+
 def response_logprobs(model: Transformer, params: PyTree, episodes: Episodes,
-                      temperature: float) -> jax.Array:
+                      temperature: float, chunk_size: int = 0) -> jax.Array:
   """log pi(y_t | x, y_<t) of every response token under temperature-scaled logits [E, N]."""
-  logits, _ = response_logits(model, params, episodes)
-  return token_logprobs(logits, episodes.tokens, temperature)
+  return response_token_stats(model, params, episodes, temperature, chunk_size)[0]
 
 
 def response_values(value_model: Transformer, value_params: PyTree, episodes: Episodes

@@ -17,11 +17,23 @@ process's iterator state onto every process (orbax writes the JSON item from the
 `data['processes'][i]`, and `restore` hands each process its own entry. Checkpoints written before
 that hold one state for all processes (`{'json': ...}` or `{'bytes': ...}` at the top level) and
 still restore, to every process.
+
+Nothing a kill, a full disk or a damaged file leaves behind stops a run: orbax writes each save
+to a temporary directory and renames it when complete (a killed save leaves only the temporary,
+removed at the next start); `restore_latest` names a checkpoint it cannot read (missing,
+truncated or corrupted files) in a warning, moves it aside to DIR/unreadable_checkpoints/ and
+uses the newest readable one; a checkpoint that reads but holds another state tree (another
+model or optimizer) is a UserError listing the differing arrays. A save that fails for the disk
+(ENOSPC, EIO, ...) raises `CheckpointWriteError` naming the path and the free space; the
+previous checkpoint is untouched (orbax deletes old ones only after a save is committed).
 """
 
 import base64
+import errno
 import json
 import os
+import shutil
+import time
 from typing import Any, Mapping
 
 import jax
@@ -33,6 +45,19 @@ from deepalign.errors import UserError
 from deepalign.train.state import TrainState
 
 PyTree = Any
+
+# The errors of a disk that cannot take a save: reported as a CheckpointWriteError.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+_DISK_MESSAGES = ('No space left', 'Input/output error', 'Disk quota', 'Read-only file system',
+                  'File too large')
+
+
+class CheckpointWriteError(UserError):
+  """A save failed because of the disk (full, failing, read-only); the previous one is intact."""
+
+
+class _Unreadable(Exception):
+  """A checkpoint whose files cannot be read (internal: restore_latest skips it)."""
 
 
 # What the saved data position and step count mean, so a resume must keep them:
@@ -107,7 +132,9 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.manager = ocp.CheckpointManager(
         self.directory,
-        item_names=('state', 'data'),
+        # handlers named up front, so item_metadata reads a checkpoint before any restore
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save))
@@ -127,13 +154,20 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, state: TrainState, data_state: Any, force: bool = False) -> None:
-    """Saves `state` and this process's `data_state`; every process must call it (collective)."""
+    """Saves `state` and this process's `data_state`; every process must call it (collective).
+
+    Raises CheckpointWriteError when the disk refuses this save (or, asynchronously, the one
+    before it)."""
     step = int(jax.device_get(state.step))
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_encode_data_state(data_state, self.layout))), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(_encode_data_state(data_state, self.layout))), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_if_disk(e, step)
+      raise
 
   def save_best(self, step: int, params: PyTree, metrics: dict[str, float]) -> None:
     """Offers `params` to the best-of directory; orbax keeps it only if it is the best."""
@@ -142,27 +176,104 @@ class Checkpointer:
     if self.best_metric not in metrics:
       raise UserError(f"config.train.best_metric='{self.best_metric}' is not an eval metric; "
                       f"available: {', '.join(sorted(metrics))}")
-    self.best_manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-                           metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    try:
+      self.best_manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                             metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_if_disk(e, step, self.best_manager.directory)
+      raise
 
   def restore(self, abstract_state: TrainState, step: int | None = None
               ) -> tuple[TrainState, Any]:
     """(state, data_state) at `step` (default latest), with the shapes/shardings given.
 
-    data_state is this process's own iterator state (the one state of an older checkpoint)."""
+    data_state is this process's own iterator state (the one state of an older checkpoint).
+    UserError if the checkpoint is unreadable or holds another state tree."""
     step = self.latest_step() if step is None else step
-    logging.info('restoring checkpoint %s/%d', self.directory, step)
+    try:
+      return self._restore(abstract_state, step)
+    except _Unreadable as e:
+      raise UserError(f'checkpoint {self.directory}/{step} cannot be read ({e}); '
+                      'delete it to resume from an earlier one') from None
+
+  def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, Any, int] | None:
+    """(state, data_state, step) of the newest checkpoint that reads; None if there is none.
+
+    An unreadable one is named in a warning and moved to DIR/unreadable_checkpoints/ (kept, not
+    deleted, and out of the way of the next save of its step)."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    moved = []
+    for step in steps:
+      try:
+        return (*self._restore(abstract_state, step), step)
+      except _Unreadable as e:
+        moved.append(self._set_aside(step))
+        logging.warning('checkpoint %s/%d cannot be read (%s); moved it to %s and trying the one '
+                        'before it', self.directory, step, e, moved[-1])
+    if moved:
+      raise UserError(f'no checkpoint in {self.directory} can be read (moved to '
+                      f'{os.path.dirname(moved[-1])}); re-run to start from step 0, or restore '
+                      'the files from a backup')
+    return None
+
+  def _restore(self, abstract_state: TrainState, step: int) -> tuple[TrainState, Any]:
+    where = f'checkpoint {self.directory}/{step}'
+    logging.info('restoring %s', where)
     # The data item first: it is small, and says whether this run may resume the checkpoint.
-    data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']
+    try:
+      data = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']
+      if not isinstance(data, Mapping):
+        raise ValueError(f'the data item is a {type(data).__name__}, not a JSON object')
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(_first_line(e)) from e
     self._check_layout(step, data.get('layout', {}))
+    try:
+      saved = self.manager.item_metadata(step)['state']
+      saved_leaves = _metadata_leaves(saved)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(f'its state metadata: {_first_line(e)}') from e
+    differences = _tree_differences(saved_leaves, abstract_state)
+    if differences:
+      raise UserError(f'{where} does not match this config: {"; ".join(differences[:6])}'
+                      f'{" ..." if len(differences) > 6 else ""}; use the config it was trained '
+                      'with or a fresh --workdir')
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
-    except (ValueError, KeyError, TypeError) as e:
-      raise UserError(f'checkpoint {self.directory}/{step} does not match this config '
-                      f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
-                      'use a fresh --workdir or the config it was trained with') from e
-    return restored['state'], _decode_data_state(data, f'checkpoint {self.directory}/{step}')
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(_first_line(e)) from e
+    return restored['state'], _decode_data_state(data, where)
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to DIR/unreadable_checkpoints/<step>-<time> (primary process)."""
+    target = os.path.join(os.path.dirname(self.directory), 'unreadable_checkpoints',
+                          f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'deepalign_set_aside_{step}')
+    self.manager.reload()
+    return target
+
+  def _raise_if_disk(self, error: BaseException, step: int, directory: Any = None) -> None:
+    """CheckpointWriteError (naming path and free space) if `error` is the disk's refusal."""
+    if not _is_disk_error(error):
+      return
+    directory = os.fspath(directory or self.directory)
+    _remove_partial_saves(directory)
+    try:
+      free = f'{shutil.disk_usage(directory).free / 2**20:.1f} MiB free there'
+    except OSError:
+      free = 'free space unknown'
+    kept = [s for s in self.manager.all_steps() if s != step]
+    previous = (f'the previous checkpoint {directory}/{max(kept)} is intact' if kept
+                else 'no earlier checkpoint exists')
+    raise CheckpointWriteError(
+        f'could not write checkpoint {directory}/{step}: {_disk_reason(error)} ({free}); '
+        f'{previous}; free some space (or point --workdir at a bigger disk) and re-run the same '
+        'command to resume') from error
 
   def _check_layout(self, step: int, saved: Mapping[str, Any]) -> None:
     """UserError if a MUST_MATCH value differs; a log line for other changes (device count, mesh).
@@ -181,14 +292,95 @@ class Checkpointer:
                    step, ', '.join(f'{k}={old} (now {new})' for k, (old, new) in changed.items()))
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
-    if self.best_manager is not None:
-      self.best_manager.wait_until_finished()
+    """Waits for pending asynchronous saves; CheckpointWriteError if the disk refused one."""
+    for manager in (self.manager, self.best_manager):
+      if manager is None:
+        continue
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        self._raise_if_disk(e, self.manager.latest_step() or 0, manager.directory)
+        raise
 
   def close(self) -> None:
-    self.manager.close()
-    if self.best_manager is not None:
-      self.best_manager.close()
+    """Closes the managers; a failed pending save is logged here (wait() raises it)."""
+    for manager in (self.manager, self.best_manager):
+      if manager is None:
+        continue
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if not _is_disk_error(e):
+          raise
+        _remove_partial_saves(os.fspath(manager.directory))
+        logging.warning('a checkpoint save failed: %s', _first_line(e))
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0][:200] if lines else ""}'
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _is_disk_error(error: BaseException) -> bool:
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return True
+    if any(m in str(e) for m in _DISK_MESSAGES):
+      return True
+  return False
+
+
+def _disk_reason(error: BaseException) -> str:
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return os.strerror(e.errno)
+  return _first_line(error)
+
+
+def _remove_partial_saves(directory: str) -> None:
+  """Deletes the temporary directories of saves that did not complete (primary process)."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if '.orbax-checkpoint-tmp' in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _metadata_leaves(metadata: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'params.w': (shape, dtype)} of a saved state's orbax metadata."""
+  tree = getattr(metadata, 'tree', metadata)
+  leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, 'shape'))
+  return {leaf.name: (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for leaf in leaves}
+
+
+def _key_name(key: Any) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _tree_differences(saved: Mapping[str, tuple], abstract: PyTree) -> list[str]:
+  """What differs between a saved state (its metadata leaves) and the state this run builds."""
+  wanted = {'.'.join(_key_name(k) for k in path): (tuple(x.shape), str(np.dtype(x.dtype)))
+            for path, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  out = []
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in wanted:
+      out.append(f'{name} is in the checkpoint, not in this run')
+    elif name not in saved:
+      out.append(f'{name} is in this run, not in the checkpoint')
+    elif saved[name][0] != wanted[name][0]:
+      out.append(f'{name} has shape {list(saved[name][0])} there, {list(wanted[name][0])} here')
+  return out
 
 
 def load_best_params(workdir: str, abstract_params: PyTree | None = None) -> PyTree:

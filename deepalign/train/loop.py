@@ -5,6 +5,13 @@ position are checkpointed together and every random number comes from
 `fold_in(key(seed), step)`, so a run interrupted at any point (SIGTERM, SIGKILL) and
 re-run with the same workdir ends with the same parameters, bit for bit on CPU, as one
 that never stopped.
+
+Numeric guards: every optimizer update passes `numeric_guard` (train/numeric_guard.py), which
+skips one whose loss or gradient is not finite (or spikes, `train.loss_spike_factor`) inside
+the jitted step; the loop reports the counts (`guard/*` metrics) at each log and stops with a
+UserError after `train.max_bad_steps` skipped updates in a row, saving nothing more (the last
+checkpoint is the last good state). Frozen models of a state (`state.frozen`: the RL reference,
+reward model and judge) are not checkpointed: they are rebuilt from their sources on resume.
 """
 
 import dataclasses
@@ -24,8 +31,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from deepalign import parallel
 from deepalign.errors import UserError
-from deepalign.train import atomic_files
+from deepalign.train import atomic_files, faults
 from deepalign.train.checkpointing import Checkpointer
+from deepalign.train.numeric_guard import guard_state
 from deepalign.train.metrics_writer import MetricsWriter
 from deepalign.train.optimizer import build_optimizer
 from deepalign.train.preemption import PreemptionGuard
@@ -59,13 +67,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
 
   metrics: the loss_fn's scalars plus `loss`, `grad_norm` (before clipping) and
   `learning_rate` (the schedule at the current optimizer update). With shardings given,
-  the new state keeps the layout of the old one (donation reuses its buffers).
+  the new state keeps the layout of the old one (donation reuses its buffers). The loss goes
+  to the optimizer too (`loss=`): `numeric_guard` skips the update when it is not finite.
   """
+  tx = optax.with_extra_args_support(tx)
 
   def step(state: TrainState, frozen: PyTree, batch: Mapping[str, jax.Array]):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, frozen, batch, state.step_rng())
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, loss=loss)
     params = optax.apply_updates(state.params, updates)
     metrics = {**aux, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step // grad_accum_steps)}
@@ -139,6 +149,35 @@ def _format_eta(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
+class NumericStop(UserError):
+  """train.max_bad_steps optimizer updates in a row were skipped (non-finite or spiking)."""
+
+
+def _saved_part(state: Any) -> Any:
+  """What a checkpoint holds: the state without its frozen models (rebuilt on resume)."""
+  return state.replace(frozen=None) if getattr(state, 'frozen', None) is not None else state
+
+
+def _guard_counts(state: Any) -> dict[str, int]:
+  """{'nonfinite', 'spikes', 'in_row'} of the state's numeric guard ({} without one); a host sync."""
+  guard = guard_state(getattr(state, 'opt_state', None))
+  if guard is None:
+    return {}
+  values = jax.device_get((guard.nonfinite, guard.spikes, guard.in_row))
+  return dict(zip(('nonfinite', 'spikes', 'in_row'), (int(v) for v in values)))
+
+
+def _check_train_config(tcfg: ml_collections.ConfigDict) -> None:
+  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'batch_size'):
+    if int(tcfg[name]) < 0:
+      raise UserError(f'config.train.{name}={tcfg[name]} must be >= 0')
+  if int(tcfg.get('max_bad_steps', 0)) < 0:
+    raise UserError(f'config.train.max_bad_steps={tcfg.max_bad_steps} must be >= 0 (0 = never stop)')
+  if float(tcfg.get('loss_spike_factor', 0.0)) < 0 or int(tcfg.get('loss_spike_window', 32)) < 1:
+    raise UserError('config.train.loss_spike_factor must be >= 0 (0 = off) and '
+                    'config.train.loss_spike_window >= 1')
+
+
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
           guard: PreemptionGuard | None = None,
           on_start: Callable[[], None] | None = None) -> TrainResult:
@@ -149,11 +188,12 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   """
   tcfg = config.train
   num_steps = int(tcfg.num_steps)
-  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'batch_size'):
-    if int(tcfg[name]) < 0:
-      raise UserError(f'config.train.{name}={tcfg[name]} must be >= 0')
+  _check_train_config(tcfg)
   log_every = max(int(tcfg.log_every), 1)
-  tx, schedule = build_optimizer(config.optimizer, num_steps)
+  max_bad = int(tcfg.get('max_bad_steps', 0))
+  tx, schedule = build_optimizer(config.optimizer, num_steps,
+                                 spike_factor=float(tcfg.get('loss_spike_factor', 0.0)),
+                                 spike_window=int(tcfg.get('loss_spike_window', 32)))
 
   placement, abstract_params = place(task, config, tx)
   create = jax.jit(lambda p: task.create_state(p, tx, _train_rng(config)),
@@ -161,23 +201,31 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   # A checkpoint resumes on another device count or mesh, not with another batch or process count.
   layout = {'global_batch_size': int(tcfg.batch_size), 'process_count': jax.process_count(),
             'device_count': jax.device_count(), 'mesh': dict(placement.mesh.shape)}
+  data = task.train_iterator()  # before the checkpoint directory: a data error writes nothing
   checkpointer = Checkpointer(workdir, max_to_keep=int(tcfg.max_to_keep),
                               async_save=bool(tcfg.async_checkpointing),
                               best_metric=str(tcfg.best_metric), best_mode=str(tcfg.best_mode),
                               layout=layout)
-  data = task.train_iterator()
-  latest = checkpointer.latest_step()
-  if latest is None:
+  abstract = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          jax.eval_shape(create, abstract_params), placement.state)
+  restored = checkpointer.restore_latest(_saved_part(abstract))
+  latest = None if restored is None else restored[2]
+  if restored is None or getattr(abstract, 'frozen', None) is not None:
     params = jax.device_put(task.init_params(init_rng(config)), placement.params)
-    # The step donates the state: it must not alias arrays the task keeps (a reference
-    # model loaded from the same checkpoint, `frozen`).
-    state = create(jax.tree.map(jnp.copy, params))
+    if restored is None:
+      # The step donates the state: it must not alias arrays the task keeps (a reference
+      # model loaded from the same checkpoint, `frozen`).
+      state = create(jax.tree.map(jnp.copy, params))
+    else:  # only the frozen models, from their sources (XLA drops the rest of create)
+      frozen_of = jax.jit(lambda p: task.create_state(p, tx, _train_rng(config)).frozen,
+                          out_shardings=placement.state.frozen)
+      state = restored[0].replace(frozen=frozen_of(params))
     del params
-  else:
-    abstract = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            jax.eval_shape(create, abstract_params), placement.state)
-    state, data_state = checkpointer.restore(abstract, latest)
-    data.set_state(data_state)
+  elif restored is not None:
+    state = restored[0]
+  if restored is not None:
+    data.set_state(restored[1])
+  del restored
   split = sum(not s.is_fully_replicated for s in jax.tree.leaves(placement.params))
   logging.info('mesh %s: %d of %d parameter arrays sharded', dict(placement.mesh.shape), split,
                len(jax.tree.leaves(placement.params)))
@@ -199,6 +247,30 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
     on_start()
   guard = guard or PreemptionGuard()
   preempted, eval_metrics, window = False, {}, []
+  reported = {'nonfinite': 0, 'spikes': 0}
+
+  def check_guard(at_step: int) -> dict[str, int]:
+    """The guard's counts; warns of new skips; NumericStop after max_bad skips in a row."""
+    counts = _guard_counts(state)
+    if not counts:
+      return counts
+    new = {k: counts[k] - reported[k] for k in reported}
+    if any(new.values()):
+      logging.warning('step %d: skipped %d optimizer update(s) with a non-finite loss or gradient '
+                      'and %d loss spike(s) (%d in a row)', at_step, new['nonfinite'],
+                      new['spikes'], counts['in_row'])
+      reported.update({k: counts[k] for k in reported})
+    if max_bad and counts['in_row'] >= max_bad:
+      checkpointer.wait()
+      last = checkpointer.latest_step()
+      kept = (f'its last checkpoint {checkpointer.directory}/{last} is intact (resume from it '
+              'after the fix)' if last is not None else 'no checkpoint was written')
+      raise NumericStop(
+          f'stopped at step {at_step}: the last {counts["in_row"]} optimizer updates were skipped '
+          f'for a non-finite loss or gradient or a loss spike (config.train.max_bad_steps='
+          f'{max_bad}); nothing was saved after them and {kept}; lower '
+          'config.optimizer.learning_rate, check the data, or use bfloat16-safe settings')
+    return counts
   logging.info('%s at step %d of %d in %s', 'resuming' if latest is not None else 'starting',
                step, num_steps, workdir)
 
@@ -220,10 +292,15 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
       while step < num_steps:
         state, metrics = train_step(state, frozen, next_batch())
         step += 1
+        faults.kill_point('after_step', step)
         window.append(metrics)
         row = {}
         if step % log_every == 0 or step == num_steps:
           row = _prefixed('train', _mean_window(window))
+          counts = check_guard(step)
+          if counts:
+            row.update({'guard/nonfinite_updates': counts['nonfinite'],
+                        'guard/spike_updates': counts['spikes']})
           now = time.perf_counter()
           steps_per_s = len(window) / max(now - window_start, 1e-9)
           overall = (step - start_step) / max(now - run_start, 1e-9)
@@ -237,9 +314,13 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
           row.update(eval_metrics)
         if row:
           writer.write(step, row)
+          faults.kill_point('after_log', step)
         stop = guard.should_stop(step)
         if step == num_steps or stop or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
-          checkpointer.save(state, data.get_state(), force=True)
+          check_guard(step)  # a run stopped by bad updates saves nothing more
+          faults.kill_point('before_save', step)
+          checkpointer.save(_saved_part(state), data.get_state(), force=True)
+          faults.kill_point('after_save', step)
         if row:
           window_start = time.perf_counter()  # steps/s counts train steps, not eval or saving
         if stop and step < num_steps:
@@ -247,6 +328,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
           logging.warning('preempted: checkpoint saved at step %d; re-run the same command to resume', step)
           break
       checkpointer.wait()
+      faults.kill_point('after_wait', step)
   finally:
     writer.close()
     checkpointer.close()
@@ -255,8 +337,10 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
     if latest is not None and latest == num_steps:
       logging.info('%s already finished %d steps; nothing to train', workdir, num_steps)
     if task.finish is not None:
+      faults.kill_point('before_finish', step)
       results = {k: float(v) for k, v in task.finish(state.params, workdir).items()}
       if is_main:
         atomic_files.write_json_atomic(os.path.join(workdir, 'results.json'),
                                        {'step': step, **results})
+      faults.kill_point('after_finish', step)
   return TrainResult(state=state, preempted=preempted, eval_metrics=eval_metrics, results=results)

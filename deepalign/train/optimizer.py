@@ -4,6 +4,7 @@ import ml_collections
 import optax
 
 from deepalign.errors import UserError
+from deepalign.train.numeric_guard import numeric_guard
 
 _SCHEDULES = ('cosine', 'linear', 'constant')
 _OPTIMIZERS = ('adamw', 'adam', 'sgd')
@@ -32,9 +33,12 @@ def build_schedule(cfg: ml_collections.ConfigDict, num_updates: int) -> optax.Sc
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int
+def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *, guard: bool = True,
+                    spike_factor: float = 0.0, spike_window: int = 32
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(tx, schedule): clip -> optimizer with schedule, wrapped in MultiSteps if accumulating.
+  """(tx, schedule): clip -> optimizer with schedule, wrapped in MultiSteps if accumulating,
+  and (guard) in `numeric_guard`: a non-finite (or, spike_factor > 0, spiking) batch gradient
+  is skipped before it reaches the accumulator or the moments.
 
   `num_steps` counts batches; with `grad_accum_steps` = A the optimizer updates
   every A batches (gradients averaged), so the schedule spans num_steps // A updates.
@@ -58,4 +62,6 @@ def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int
   tx = optax.chain(*parts)
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+  if guard:
+    tx = numeric_guard(tx, spike_factor=float(spike_factor), spike_window=int(spike_window))
   return tx, schedule

@@ -26,7 +26,7 @@ from deepalign.errors import UserError
 from deepalign.train import (eval_batches, harm_eval, pair_rows, policy_init, recovery_examples,
                              reference_logprobs, stage_data)
 from deepalign.train.mixed_batches import MixedBatches
-from deepalign.train.sequence_logprobs import target_logprobs
+from deepalign.train.sequence_logprobs import logits_chunk_size, target_logprobs
 from deepalign.train.task import Task
 
 REFERENCE_MODES = ('on_the_fly', 'precomputed')
@@ -54,9 +54,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   rec_records = (stage_data.records(config, data, 'recovery', 'train', config.data.safety_builder,
                                     config.data.safety_builder_config) if n_rec else None)
   average = c.loss_type == 'ipo'  # TRL: IPO length-normalises the sequence log-probs
+  chunk = logits_chunk_size(config)
 
   def sequence_logps(params, batch, with_nll: bool = False):
-    lp, mask = target_logprobs(model, params, pair_rows.stack(batch))
+    lp, mask = target_logprobs(model, params, pair_rows.stack(batch), chunk_size=chunk)
     chosen, rejected = pair_rows.split(objectives.sequence_logprobs(lp, mask, average))
     if not with_nll:
       return chosen, rejected
@@ -65,7 +66,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     return chosen, rejected, objectives.nll_loss(lp_c, mask_c)
 
   from deepalign.train.loop import init_rng
-  reference = init_params(init_rng(config))
+  reference = policy_init.initial_params(config, init_params, init_rng(config))
   table = None
   if c.reference == 'precomputed':
     ref_fn = jax.jit(lambda batch: sequence_logps(reference, batch))

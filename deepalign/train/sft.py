@@ -20,7 +20,7 @@ from deepalign.data import pipeline
 from deepalign.errors import UserError
 from deepalign.train import eval_batches, harm_eval, policy_init, recovery_examples, stage_data
 from deepalign.train.mixed_batches import MixedBatches
-from deepalign.train.sequence_logprobs import target_logprobs
+from deepalign.train.sequence_logprobs import logits_chunk_size, target_logprobs
 from deepalign.train.task import Task
 
 OBJECTIVES = ('nll', 'token_constrained')
@@ -50,6 +50,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   tok, tmpl = data.tokenizer, data.template
   model, init_params = policy_init.build(config, tok, head='lm')
   n_main, n_safe = _split_batch(config.train.batch_size, c.safety_fraction)
+  chunk = logits_chunk_size(config)
   main_records = stage_data.records(config, data, c.records, 'train')
   safety_records = (stage_data.records(config, data, 'recovery', 'train',
                                        config.data.safety_builder, config.data.safety_builder_config)
@@ -66,11 +67,11 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
 
   def loss_fn(params, frozen, batch, rng):
     del rng
-    lp, mask = target_logprobs(model, params, batch)
+    lp, mask = target_logprobs(model, params, batch, chunk_size=chunk)
     if c.objective == 'nll':
       loss = objectives.nll_loss(lp, mask)
     else:
-      aligned, _ = target_logprobs(model, frozen, batch)
+      aligned, _ = target_logprobs(model, frozen, batch, chunk_size=chunk)
       loss = objectives.token_constrained_loss(lp, jax.lax.stop_gradient(aligned), mask,
                                                segment_ids=batch['segment_ids'][:, 1:])
     metrics = {'nll': objectives.nll_loss(lp, mask), 'nll_main': _per_source_nll(lp, mask, batch['source_id'], 0)}
@@ -81,7 +82,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   frozen = None
   if c.objective == 'token_constrained':  # the starting model is the aligned reference
     from deepalign.train.loop import init_rng
-    frozen = init_params(init_rng(config))
+    frozen = policy_init.initial_params(config, init_params, init_rng(config))
 
   eval_sft = eval_batches.take(pipeline.sft_dataset, stage_data.records(config, data, c.records, 'eval'),
                                tok, tmpl, stage_data.pipeline_config(config, config.train.batch_size),
@@ -92,7 +93,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
 
   @jax.jit
   def eval_nll(params, batch):
-    lp, mask = target_logprobs(model, params, batch)
+    lp, mask = target_logprobs(model, params, batch, chunk_size=chunk)
     return -jnp.sum(lp * mask), jnp.sum(mask)
 
   def eval_fn(params):

@@ -28,6 +28,7 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from deepalign.data import tokenizer as tokenizer_lib
 from deepalign.data import tokenizer_files
 from deepalign.errors import UserError
 
@@ -203,8 +204,9 @@ class ChatTemplate:
       directory: holds tokenizer_config.json (`chat_template`: a string or a list of
         named templates) and/or chat_template.jinja / additional_chat_templates/*.jinja.
       name: which named template ('tool_use', ...); default: 'default'.
-      tokenizer: optional loaded tokenizer; its `special_tokens` fill the variables the
-        config files do not name (e.g. a bos known only from generation_config.json).
+      tokenizer: the loaded tokenizer, else the directory's own (if it has tokenizer
+        files); its `special_tokens` fill the variables the config files do not name:
+        a SentencePiece-only checkpoint's `bos_token` is the model's <s>, as in transformers.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -218,6 +220,9 @@ class ChatTemplate:
     if key not in templates:
       raise UserError(f'{directory} has no chat template named {key!r} (it has {sorted(templates)}); '
                       'pass one of those names')
+    if tokenizer is None:
+      if tokenizer_lib.has_tokenizer(directory):
+        tokenizer = tokenizer_lib.load_tokenizer(directory)
     specials = dict(getattr(tokenizer, 'special_tokens', None) or {})
     specials.update(tokenizer_files.special_token_strings(directory))
     return cls(templates[key], specials, name=f'{directory}:{key}')

@@ -2,8 +2,10 @@
 
 The prompt is `template.render(turns before the answer, add_generation_prompt=True)`
 encoded as is (templates write their own special tokens), with the tokenizer's
-BOS put first if `add_bos` and the template did not. The response is the
-assistant text encoded on its own, then EOS. Records may come from a plain list
+BOS put first if `add_bos` and the template did not write one (`with_bos`: a BOS
+the template wrote, even after leading whitespace as Llama-Guard-3's
+` <|begin_of_text|>`, is never added again). The response is the assistant text
+encoded on its own, then EOS (an empty response is EOS alone). Records may come from a plain list
 (str fields) or a TFDS `as_data_source` split (bytes fields); both are read here.
 """
 
@@ -74,6 +76,30 @@ def parse_messages(text: str, field: str) -> list[dict[str, str]]:
   return messages
 
 
+def template_wrote_bos(tokenizer: Any, ids: Sequence[int]) -> bool:
+  """Whether rendered-and-encoded `ids` hold the tokenizer's BOS before any text but whitespace."""
+  bos = tokenizer.bos_id
+  if bos is None or bos not in ids:
+    return False
+  head = list(ids[:list(ids).index(bos)])
+  return not head or not tokenizer.decode(head, skip_special=False).strip()
+
+
+def with_bos(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+  """`ids` with the tokenizer's BOS first, unless it has none or the template wrote it."""
+  ids = list(ids)
+  if tokenizer.bos_id is None or template_wrote_bos(tokenizer, ids):
+    return ids
+  return [tokenizer.bos_id] + ids
+
+
+def bos_head(tokenizer: Any, ids: Sequence[int]) -> int:
+  """How many leading prompt tokens a head cut keeps: up to and including a leading BOS, else 0."""
+  if not template_wrote_bos(tokenizer, ids):
+    return 0
+  return list(ids).index(tokenizer.bos_id) + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordTokenizer:
   """Turns one record into token-id lists. Picklable, for grain worker processes."""
@@ -91,17 +117,13 @@ class RecordTokenizer:
     """Padding id: pad, or EOS for tokenizers without one (Llama); masks say which is which."""
     return self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
 
-  @property
-  def keep_head(self) -> int:
-    """Prompt tokens a head cut keeps: the BOS this pipeline guarantees."""
-    return 1 if (self.add_bos and self.tokenizer.bos_id is not None) else 0
+  def keep_head(self, prompt: Sequence[int]) -> int:
+    """Tokens of `prompt` a head cut keeps: everything up to its BOS (added or the template's)."""
+    return bos_head(self.tokenizer, prompt)
 
   def prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
     ids = list(self.tokenizer.encode(self.template.render(list(messages), add_generation_prompt=True)))
-    bos = self.tokenizer.bos_id
-    if self.add_bos and bos is not None and (not ids or ids[0] != bos):
-      ids = [bos] + ids
-    return ids
+    return with_bos(self.tokenizer, ids) if self.add_bos else ids
 
   def response(self, text: str) -> list[int]:
     return list(self.tokenizer.encode(text)) + [self.tokenizer.eos_id]
@@ -117,8 +139,9 @@ class RecordTokenizer:
   def preference(self, record: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
     """`preference` record -> (prompt ids, chosen ids, rejected ids)."""
     messages = parse_messages(text_field(record, "prompt"), "prompt")
-    return (self.prompt(messages), self.response(text_field(record, "chosen")),
-            self.response(text_field(record, "rejected")))
+    # An empty response is a valid (if poor) answer: HH-RLHF has such pairs (EOS alone).
+    return (self.prompt(messages), self.response(text_field(record, "chosen", allow_empty=True)),
+            self.response(text_field(record, "rejected", allow_empty=True)))
 
   def rl_prompt(self, record: Mapping[str, Any]) -> tuple[list[int], list[int], bool]:
     """`harmful_prompt` record -> (prompt ids, harmful response ids (no EOS), is_harmful).

@@ -67,8 +67,16 @@ class Tokenizer(abc.ABC):
     return frozenset(ids)  # type: ignore[arg-type]
 
   def _set_special_ids(self, directory: str | None, defaults: dict[str, int | None]) -> None:
-    """Resolves bos/eos/pad/unk: tokenizer files > the backend's own `defaults` > model configs."""
+    """Resolves bos/eos/pad/unk as transformers does: the tokenizer files, else the backend's `defaults`.
+
+    A name the files set to null has no token. The model configs
+    (generation_config.json, config.json) never name bos, pad or unk (their
+    `bos_token_id` is the model's, not the tokenizer's); they give the stop ids
+    (`eos_ids`, as `generate` stops at generation_config.json's `eos_token_id`)
+    and an eos the tokenizer files lack.
+    """
     self.special_tokens = tokenizer_files.special_token_strings(directory)
+    declared = tokenizer_files.declared_special_tokens(directory)
     config_ids = tokenizer_files.model_config_token_ids(directory)
     resolved: dict[str, int | None] = {}
     for attr in ('bos_token', 'eos_token', 'pad_token', 'unk_token'):
@@ -80,14 +88,16 @@ class Tokenizer(abc.ABC):
               f'{self.name}: the tokenizer config names {attr} {text!r}, which is not in the vocabulary; '
               f'fix {attr} in tokenizer_config.json / special_tokens_map.json or use the matching tokenizer files')
         resolved[attr] = token_id
+      elif attr in declared:
+        resolved[attr] = None
       elif defaults.get(attr) is not None:
         resolved[attr] = defaults[attr]
-      elif config_ids.get(attr):
-        resolved[attr] = config_ids[attr][0]
       else:
         resolved[attr] = None
+    if resolved['eos_token'] is None and config_ids.get('eos_token'):
+      resolved['eos_token'] = config_ids['eos_token'][0]  # responses need an end: the model's eos
     for attr, token_id in resolved.items():
-      # Ids named only in generation_config/config.json still need their text for templates.
+      # Ids known only from the backend or the model configs still need their text for templates.
       if token_id is not None and attr not in self.special_tokens:
         text = self.id_to_token(token_id)
         if text is not None:
@@ -111,8 +121,8 @@ class SplittingTokenizer(Tokenizer):
   """
 
   @abc.abstractmethod
-  def _encode_ordinary(self, text: str) -> list[int]:
-    ...
+  def _encode_ordinary(self, text: str, at_start: bool) -> list[int]:
+    """Ids of a stretch of text without special tokens; `at_start`: it begins the whole text."""
 
   @abc.abstractmethod
   def _decode_ordinary(self, ids: Sequence[int]) -> str:
@@ -144,11 +154,11 @@ class SplittingTokenizer(Tokenizer):
     if pattern is not None:
       for match in pattern.finditer(text):
         if match.start() > start:
-          ids.extend(self._encode_ordinary(text[start:match.start()]))
+          ids.extend(self._encode_ordinary(text[start:match.start()], start == 0))
         ids.append(tokens[match.group()])
         start = match.end()
     if start < len(text):
-      ids.extend(self._encode_ordinary(text[start:]))
+      ids.extend(self._encode_ordinary(text[start:], start == 0))
     return ids
 
   def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:

@@ -51,7 +51,7 @@ class ByteTokenizer(SplittingTokenizer):
   def _split_tokens(self) -> dict[str, int]:
     return dict(_SPECIALS)
 
-  def _encode_ordinary(self, text: str) -> list[int]:
+  def _encode_ordinary(self, text: str, at_start: bool) -> list[int]:
     return [b + BYTE_OFFSET for b in text.encode('utf-8')]
 
   def _decode_ordinary(self, ids: Sequence[int]) -> str:

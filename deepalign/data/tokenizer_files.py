@@ -9,7 +9,11 @@ them in this order of precedence, and so do we:
 2. `special_tokens_map.json` (legacy): the same keys, for those 1. lacks.
 3. `generation_config.json`, then `config.json` (and its `text_config`): ids
    (`bos_token_id`, `eos_token_id` (an int or a list: every id that stops
-   generation), `pad_token_id`), used only for the names still unknown.
+   generation), `pad_token_id`). transformers' tokenizer never reads them; we use
+   them only for the stop ids and for an eos the tokenizer files do not name.
+   A model config's `bos_token_id` is not the tokenizer's: Qwen2's config.json
+   says 151643 while its tokenizer_config.json says `"bos_token": null`, and
+   transformers starts a chat without it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,20 @@ def special_token_strings(directory: str | None) -> dict[str, str]:
       if content is not None:
         out[key] = content
   return out
+
+
+def declared_special_tokens(directory: str | None) -> set[str]:
+  """Attribute names the tokenizer files set, to a token or explicitly to null (`"bos_token": null`).
+
+  A name set to null has no token, whatever the backend's default would be.
+  """
+  if directory is None:
+    return set()
+  names: set[str] = set()
+  for name in ('tokenizer_config.json', 'special_tokens_map.json'):
+    source = read_json(os.path.join(directory, name)) or {}
+    names.update(key for key in source if key.endswith('_token'))
+  return names
 
 
 def _as_id_list(value: Any) -> list[int]:

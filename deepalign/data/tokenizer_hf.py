@@ -24,6 +24,22 @@ def _clean_up_tokenization(text: str) -> str:
           .replace(" 've", "'ve").replace(" 're", "'re"))
 
 
+def _applies_clean_up(tok: tokenizers.Tokenizer, directory: str) -> bool:
+  """Whether transformers (5.x) cleans up decoded text for this tokenizer.
+
+  `clean_up_tokenization_spaces: true` (Llama 3's tokenizer_config.json says so) is
+  ignored for BPE models: the clean-up was written for WordPiece and corrupts BPE
+  text (`must read 'safe'` -> `must read'safe'`), unless the config also sets
+  `clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output`.
+  """
+  if not tokenizer_files.tokenizer_config_flag(directory, 'clean_up_tokenization_spaces', False):
+    return False
+  if type(tok.model).__name__ != 'BPE':
+    return True
+  return tokenizer_files.tokenizer_config_flag(
+      directory, 'clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output', False)
+
+
 class HFTokenizer(Tokenizer):
   """`tokenizer.json` + the config files next to it."""
 
@@ -37,7 +53,7 @@ class HFTokenizer(Tokenizer):
     directory = os.path.dirname(os.path.abspath(tokenizer_file))
     vocab = self._tok.get_vocab(with_added_tokens=True)
     self._vocab_size = max(vocab.values()) + 1 if vocab else 0
-    self._clean_up = tokenizer_files.tokenizer_config_flag(directory, 'clean_up_tokenization_spaces', False)
+    self._clean_up = _applies_clean_up(self._tok, directory)
     self._set_special_ids(directory, defaults={})
 
   @property

@@ -38,15 +38,15 @@ def user_prompts(tokenizer: Any, template: Any, prompt_tokens: np.ndarray,
   row whose decoded text does not show that frame (a tokenizer that does not round-trip) falls
   back to its decoding without special tokens.
   """
+  from deepalign.data.tokenize_records import template_wrote_bos
   framed = template.render([{'role': 'user', 'content': _SENTINEL}], add_generation_prompt=True)
   head, _, tail = framed.partition(_SENTINEL)
-  bos_text = (getattr(tokenizer, 'special_tokens', None) or {}).get('bos_token', '')
-  # The pipeline puts BOS first when the template does not write it (RecordTokenizer.prompt).
-  drop_bos = tokenizer.bos_id is not None and not (bos_text and head.startswith(bos_text))
+  # The pipeline puts BOS first when the template does not write it (tokenize_records.with_bos).
+  added_bos = tokenizer.bos_id is not None and not template_wrote_bos(tokenizer, tokenizer.encode(head))
   out = []
   for row, mask in zip(prompt_tokens, prompt_mask):
     ids = [int(t) for t, m in zip(row, mask) if m]
-    if drop_bos and ids and ids[0] == tokenizer.bos_id:
+    if added_bos and ids and ids[0] == tokenizer.bos_id:
       ids = ids[1:]
     text = tokenizer.decode(ids, skip_special=False)
     if text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail):
@@ -127,13 +127,10 @@ class TextJudge:
   def encode(self, prompts: Sequence[str], responses: Sequence[str]
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-padded judge tokens [N, L], mask [N, L] and each row's last index [N]."""
+    from deepalign.data.tokenize_records import with_bos
     tok = self.tokenizer
-    rows = []
-    for text in self.texts(prompts, responses):
-      ids = list(tok.encode(text))
-      if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
-        ids = [tok.bos_id] + ids
-      rows.append(ids)
+    # BOS first unless the judge's template wrote it (Llama-Guard-3's starts ' <|begin_of_text|>').
+    rows = [with_bos(tok, tok.encode(text)) for text in self.texts(prompts, responses)]
     longest = max(len(r) for r in rows)
     limit = self.model.config.max_position_embeddings
     if longest > limit:

@@ -169,15 +169,29 @@ def test_bpe_matches_transformers(bpe_dir: str) -> None:
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
 
 
-def test_special_ids_fall_back_to_generation_config(tmp_path) -> None:
+def test_model_configs_give_stop_ids_and_eos_never_bos_or_pad(tmp_path) -> None:
   d = make_bpe_dir(str(tmp_path), config={})
   _write_json(os.path.join(d, 'generation_config.json'), {'bos_token_id': 0, 'eos_token_id': [1, 2]})
   _write_json(os.path.join(d, 'config.json'), {'bos_token_id': 3, 'eos_token_id': 3, 'pad_token_id': 5})
   tok = load_tokenizer(d)
-  # generation_config wins over config.json; config.json still fills what it lacks.
-  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 5)
-  assert tok.eos_ids == (1, 2)
-  assert tok.special_tokens['eos_token'] == '<|end_of_text|>'
+  # The tokenizer files name no bos/pad: transformers' tokenizer has none, whatever the model configs say.
+  assert (tok.bos_id, tok.pad_id) == (None, None)
+  # eos and the stop ids: generation_config.json wins over config.json.
+  assert tok.eos_id == 1 and tok.eos_ids == (1, 2)
+  assert tok.special_tokens['eos_token'] == '<|end_of_text|>' and 'bos_token' not in tok.special_tokens
+
+
+def test_null_bos_in_tokenizer_config_means_none(tmp_path) -> None:
+  """Qwen2: config.json says bos_token_id 151643, tokenizer_config.json says bos_token null."""
+  d = make_bpe_dir(str(tmp_path), config={'bos_token': None, 'eos_token': '<|eot_id|>', 'pad_token': '<|pad|>'})
+  _write_json(os.path.join(d, 'config.json'), {'bos_token_id': 1, 'eos_token_id': 1})
+  _write_json(os.path.join(d, 'generation_config.json'), {'bos_token_id': 1, 'eos_token_id': [2, 1]})
+  tok = load_tokenizer(d)
+  assert tok.bos_id is None and tok.eos_id == 2 and tok.eos_ids == (2, 1)
+  # A SentencePiece model's own <bos> gives way to an explicit null too.
+  (tmp_path / 'sp').mkdir()
+  sp = load_tokenizer(make_sp_dir(str(tmp_path / 'sp'), config={'bos_token': None}))
+  assert sp.bos_id is None and sp.eos_id == 1
 
 
 def test_special_tokens_map_and_added_token_dicts(tmp_path) -> None:

@@ -83,6 +83,9 @@ def model_defaults() -> ConfigDict:
       'dtype': 'float32',        # activations / compute
       'param_dtype': 'float32',
       'remat': False,            # rematerialise layers in the backward pass (big models)
+      # True: every model is built from its config.json alone, params are never read or allocated
+      # (deepalign.plan compiles the step on their shapes); a training run needs False.
+      'abstract': False,
   })
 
 

@@ -143,6 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   """Builds the stage's Task, records the resolved config, and trains (or resumes)."""
   from deepalign import parallel  # after flags: keeps --help and flag errors fast
   from deepalign.train import atomic_files, loop, stages
+  from deepalign.train.workdir_check import check_workdir
+  check_workdir(config, workdir)  # a file, unwritable, another stage's run: before any write
   if config.get('compilation_cache_dir'):
     import jax
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))

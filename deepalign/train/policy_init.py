@@ -13,6 +13,7 @@ import ml_collections
 
 from deepalign import models
 from deepalign.errors import UserError
+from deepalign.models import hf_config
 
 PyTree = Any
 # config.model fields that are ModelConfig fields of the same name.
@@ -74,15 +75,50 @@ def build(config: ml_collections.ConfigDict, tokenizer: Any, head: str = 'lm'
     model = models.Transformer(cfg)
     _check_vocab(tokenizer, cfg)
     return model, lambda rng: models.init_params(model, rng)
-  loaded_model, loaded = models.from_pretrained(source, dtype=config.model.dtype,
-                                                param_dtype=config.model.param_dtype)
-  cfg = loaded_model.config.replace(remat=config.model.remat)
+  if config.model.get('abstract', False):  # deepalign.plan: the architecture only, no weights
+    loaded_config = hf_config.load_hf_config(source, dtype=config.model.dtype,
+                                             param_dtype=config.model.param_dtype)
+    loaded = None
+  else:
+    loaded_model, loaded = models.from_pretrained(source, dtype=config.model.dtype,
+                                                  param_dtype=config.model.param_dtype)
+    loaded_config = loaded_model.config
+  cfg = loaded_config.replace(remat=config.model.remat)
   if cfg.head != head:
     cfg = cfg.replace(head=head, num_labels=1)
   model = models.Transformer(cfg)
   _check_vocab(tokenizer, cfg)
+  if loaded is None:  # abstract: traced under jax.eval_shape only, never run
+    return model, lambda rng: models.init_params(model, rng)
   # Loaded arrays are constants; only a new head depends on the key.
   return model, lambda rng: with_score_head(loaded, cfg, rng)
+
+
+def abstract_scorer(directory: str, config: ml_collections.ConfigDict
+                    ) -> tuple[models.Transformer, PyTree]:
+  """(model, params as `jax.ShapeDtypeStruct`s) of the checkpoint in `directory` from its
+  config.json alone (`config.model.abstract`: deepalign.plan). `traceable` turns the shapes into
+  values inside a trace."""
+  cfg = hf_config.load_hf_config(directory, dtype=config.model.dtype,
+                                 param_dtype=config.model.param_dtype)
+  model = models.Transformer(cfg)
+  return model, jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
+
+
+def traceable(tree: PyTree) -> PyTree:
+  """`tree` with every `jax.ShapeDtypeStruct` leaf (an abstract model's params) replaced by zeros
+  of its shape: free inside `jax.eval_shape` / `jit(...).lower`, where an abstract run uses it."""
+  return jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype)
+                      if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+
+
+def initial_params(config: ml_collections.ConfigDict, init_params: Callable[[jax.Array], PyTree],
+                   rng: jax.Array) -> PyTree:
+  """`init_params(rng)`, or only its shapes (`jax.ShapeDtypeStruct`s) when `config.model.abstract`:
+  a frozen copy of the starting model (a DPO reference) that an abstract plan never allocates."""
+  if config.model.get('abstract', False):
+    return jax.eval_shape(init_params, rng)
+  return init_params(rng)
 
 
 def _check_vocab(tokenizer: Any, cfg: models.ModelConfig) -> None:

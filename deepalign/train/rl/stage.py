@@ -85,8 +85,11 @@ def _load_scorer(directory: str, what: str, config: ml_collections.ConfigDict
   if source is None:
     raise UserError(f"config.rl.{what}='{directory}' has no config.json (nor export/config.json); "
                     'run the reward-model stage first')
-  model, params = models.from_pretrained(source, dtype=config.model.dtype,
-                                         param_dtype=config.model.param_dtype)
+  if config.model.get('abstract', False):  # deepalign.plan: config.json only, no weights
+    model, params = policy_init.abstract_scorer(source, config)
+  else:
+    model, params = models.from_pretrained(source, dtype=config.model.dtype,
+                                           param_dtype=config.model.param_dtype)
   if model.config.head != 'score':
     raise UserError(f"config.rl.{what}='{source}' is a {model.config.head!r} model; it needs a "
                     'score head (*ForSequenceClassification)')
@@ -139,7 +142,7 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
               'judge': judge_params}
     if value_init_fn is not None:
       params['value'] = value_init_fn(k_value)
-    return params
+    return policy_init.traceable(params)  # an abstract plan's frozen models are shapes
 
   def create_state(params, tx, rng):
     return RLState.create(policy=params['policy'], reference=params['reference'],

@@ -437,6 +437,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
                     f"{', '.join(JUDGES)} nor a classifier checkpoint directory")
   specs = parse_models(config.eval.models)
   sources = {name: checkpoint_dir(path, f'config.eval.models {name}') for name, path in specs.items()}
+  from deepalign.models.hf_check import check_checkpoint_dir
+  for name, source in sources.items():  # every model's files, before anything is written
+    check_checkpoint_dir(source, head='lm', what=f'config.eval.models {name}')
   reference = config.eval.reference or next(iter(specs))
   if reference != 'none' and reference not in specs:
     raise UserError(f"config.eval.reference='{reference}' is not one of the models "

@@ -115,6 +115,13 @@ def place(task: Task, config: ml_collections.ConfigDict, tx: optax.GradientTrans
   create = jax.jit(lambda p: task.create_state(p, tx, _train_rng(config)),
                    in_shardings=(param_shardings,))
   state_shardings = create.lower(abstract).compile().output_shardings
+  if hasattr(state_shardings, 'opt_state') and hasattr(state_shardings, 'params'):
+    # XLA gives zeros that depend on no input (the Adam moments) no sharding: replicated, a full
+    # float32 copy of every trained parameter per moment on every device. They follow their params.
+    opt_state = jax.eval_shape(create, abstract).opt_state
+    state_shardings = state_shardings.replace(opt_state=optax.tree_map_params(
+        tx, lambda _, sharding: sharding, opt_state, state_shardings.params,
+        transform_non_params=lambda _: replicated))
   return Placement(mesh, rules, param_shardings, state_shardings, replicated), abstract
 
 

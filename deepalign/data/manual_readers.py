@@ -194,6 +194,38 @@ def read_parquet(path: str) -> Iterator[RawRow]:
       yield RawRow(path, number, fields, unit="row")
 
 
+def read_json_records(path: str) -> Iterator[RawRow]:
+  """A file holding ONE JSON array of objects (numbered as items from 1), or else JSON lines.
+
+  HH-RLHF's red_team_attempts.jsonl.gz is, despite its name, a single JSON array;
+  a copy re-saved by `datasets` is JSON lines. Both read the same.
+  """
+  try:
+    with _open_binary(path) as f:
+      head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    text = _decoded_text(path) if head.startswith(b"[") else None
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    raise UserError(f"{path}: cannot be read ({e}); re-download it (a .gz must be a complete gzip file)") from e
+  if text is None:
+    yield from read_jsonl(path)
+    return
+  try:
+    values = json.loads(text)
+  except json.JSONDecodeError as e:
+    yield RawRow(path, e.lineno, None, RowError(WHOLE_ROW, f"is not a valid JSON array ({e.msg})"))
+    return
+  for number, fields in enumerate(values, start=1):
+    if not isinstance(fields, dict):
+      yield RawRow(path, number, None, RowError(WHOLE_ROW, f"is a JSON {type(fields).__name__}, expected an object"),
+                   unit="item")
+      continue
+    bad = _invalid_text_path(fields, "")
+    if bad:
+      yield RawRow(path, number, None, RowError(bad, "is not valid UTF-8 text"), unit="item")
+      continue
+    yield RawRow(path, number, fields, unit="item")
+
+
 def read_rows(path: str) -> Iterator[RawRow]:
   """Rows of a JSON-lines or Parquet file, chosen by extension."""
   name = os.path.basename(path)

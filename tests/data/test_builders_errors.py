@@ -50,14 +50,11 @@ _OK_CHAT = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "
 # (builder, config, {file: content}, bad file, line, field)
 CASES = {
     "hh_missing_field": (B.HhRlhf, None, {HH: _line(_hh()) + _line({"chosen": _hh()["chosen"]})}, HH, 2, "rejected"),
-    "hh_empty_response": (B.HhRlhf, None, {HH: _line(_hh(chosen_last="   "))}, HH, 1, "chosen"),
     "hh_prompts_differ": (B.HhRlhf, None, {HH: _line({"chosen": _hh()["chosen"],
                                                     "rejected": _hh(prompt="\n\nHuman: Bye")["rejected"]})}, HH, 1, "rejected"),
     "hh_not_a_dialogue": (B.HhRlhf, None, {HH: _line({"chosen": "just text", "rejected": "x"})}, HH, 1, "chosen"),
     "hh_text_before_first_turn": (B.HhRlhf, None, {HH: _line({"chosen": "Intro" + _hh()["chosen"], "rejected": _hh()["rejected"]})},
                                   HH, 1, "chosen"),
-    "hh_ends_with_human": (B.HhRlhf, None, {HH: _line({"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c",
-                                                     "rejected": "\n\nHuman: a\n\nAssistant: d"})}, HH, 1, "chosen"),
     "hh_invalid_utf8_gz": (B.HhRlhf, None, {"harmless-base/train.jsonl.gz": gzip.compress(
         _line(_hh()).encode() + b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant: \xff\xfe"}\r\n')},
         "harmless-base/train.jsonl.gz", 2, "rejected"),

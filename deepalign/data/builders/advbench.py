@@ -3,7 +3,8 @@
 Source: https://github.com/llm-attacks/llm-attacks/blob/main/data/advbench/harmful_behaviors.csv
 (Zou et al. 2023, arXiv 2307.15043): a CSV with header `goal,target`, fields quoted
 where they hold commas. `prompt` = goal, `target` = the affirmative start the attack
-aims for ("Sure, here is ..."), `category` = "" (AdvBench has no categories).
+aims for ("Sure, here is ..."), `category` = "" (AdvBench has no categories). The
+copy whose header says `prompt,target` reads the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ COLUMNS = ("goal", "target")
 
 
 def to_record(row: dict[str, Any]) -> dict[str, str]:
-  return {"prompt": row_fields.text(row, "goal"), "target": row_fields.text(row, "target", allow_empty=True),
+  goal = "goal" if "goal" in row or "prompt" not in row else "prompt"  # the Hub copy names it `prompt`
+  return {"prompt": row_fields.text(row, goal), "target": row_fields.text(row, "target", allow_empty=True),
           "category": ""}
 
 
@@ -52,7 +54,7 @@ class AdvBench(ManualBuilder):
     paths = [p for ps in files.values() for p in ps]
     for path in paths:
       header = csv_header(path)
-      missing = [c for c in COLUMNS if c not in header]
+      missing = [c for c in COLUMNS if c not in header and not (c == "goal" and "prompt" in header)]
       if missing:
         raise UserError(f"{path}, line 1: field '{missing[0]}': missing from the CSV header {header}; "
                         f"the header must be {','.join(COLUMNS)}")
@@ -61,4 +63,5 @@ class AdvBench(ManualBuilder):
   def _generate_examples(self, paths: list[str], manual_dir: str) -> Iterator[tuple[str, dict[str, str]]]:
     for path in paths:
       yield from bad_rows.examples(read_csv(path), to_record, source=os.path.relpath(path, manual_dir),
-                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows)
+                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows,
+                                   handled_rows=self.handled_rows)

@@ -4,10 +4,17 @@
 UserError naming the file, the line and the field. `on_bad_row='skip'` drops such
 rows and logs, once per file, how many were dropped and where the first one was, so
 a published number can say exactly which rows it left out.
+
+A known quirk of a public release is not a bad row: the builder's documented policy
+handles it (`to_record` returns `Handled(policy, record or None)`: kept as `record`,
+or dropped), whatever `on_bad_row` says, and every policy's count is logged once per
+file and saved with the dataset (`builder.handled_rows`).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
@@ -16,6 +23,13 @@ from deepalign.data.manual_readers import RawRow, RowError
 from deepalign.errors import UserError
 
 ON_BAD_ROW = ("error", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Handled:
+  """A row a documented policy handled: `policies` (names, each counted), kept as `record` or dropped (None)."""
+  policies: tuple[str, ...]
+  record: dict[str, Any] | None = None
 
 
 def check_on_bad_row(value: str) -> str:
@@ -31,6 +45,7 @@ def examples(
     source: str,
     on_bad_row: str,
     skipped_rows: dict[str, int] | None = None,
+    handled_rows: dict[str, dict[str, int]] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
   """TFDS `(key, record)` pairs for the rows of ONE file.
 
@@ -42,8 +57,11 @@ def examples(
       manual dir lives.
     on_bad_row: 'error' or 'skip'.
     skipped_rows: where to record {source: rows dropped} (the builder's saved metadata).
+    handled_rows: where to record {source: {policy: rows}} for rows `to_record` returned
+      as `Handled` (the builder's saved metadata).
   """
   check_on_bad_row(on_bad_row)
+  handled: collections.Counter[str] = collections.Counter()
   skipped = 0
   first = ""
   path = source
@@ -61,7 +79,17 @@ def examples(
       skipped += 1
       first = first or f"{row.unit} {row.line}, {error}"
       continue
+    if isinstance(record, Handled):
+      handled.update(record.policies)
+      if record.record is None:
+        continue
+      record = record.record
     yield f"{source}:{row.line}", record
+  if handled:
+    if handled_rows is not None:
+      handled_rows[source] = dict(sorted(handled.items()))
+    logging.info("%s: rows handled by the builder's documented policies: %s", path,
+                 ", ".join(f"{n} {p}" for p, n in sorted(handled.items())))
   if skipped:
     if skipped_rows is not None:
       skipped_rows[source] = skipped

@@ -71,4 +71,5 @@ class HexPhi(ManualBuilder):
       def to_record(row: dict[str, Any], category: str = category) -> dict[str, str]:
         return {"prompt": row_fields.text(row, "prompt").strip(), "target": "", "category": category}
       yield from bad_rows.examples(rows, to_record, source=os.path.relpath(path, manual_dir),
-                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows)
+                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows,
+                                   handled_rows=self.handled_rows)

@@ -54,15 +54,21 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _dataset_info(self, features: tfds.features.FeaturesDict, **kwargs: Any) -> tfds.core.DatasetInfo:
     """DatasetInfo whose metadata records, per source file, how many rows `on_bad_row='skip'` dropped.
 
-    Read back with `builder.info.metadata['skipped_rows']` ({relative path: count}).
+    Read back with `builder.info.metadata['skipped_rows']` ({relative path: count}); the
+    rows a documented policy kept or dropped, by policy, in `['handled_rows']`.
     """
-    return self.dataset_info_from_configs(features=features, metadata=tfds.core.MetadataDict(skipped_rows={}),
-                                          **kwargs)
+    return self.dataset_info_from_configs(
+        features=features, metadata=tfds.core.MetadataDict(skipped_rows={}, handled_rows={}), **kwargs)
 
   @property
   def skipped_rows(self) -> dict[str, int]:
     """{source file relative to manual_dir: rows dropped} — filled while preparing, saved with the data."""
     return self.info.metadata["skipped_rows"]
+
+  @property
+  def handled_rows(self) -> dict[str, dict[str, int]]:
+    """{source file relative to manual_dir: {policy: rows}} — the release's known quirks, as handled."""
+    return self.info.metadata.setdefault("handled_rows", {})
 
   def download_and_prepare(self, *, download_dir=None, download_config=None, file_format=None, **kwargs) -> None:
     if self.is_prepared():

@@ -6,6 +6,11 @@ arXiv 2406.15513; BeaverTails lineage). Each row has `prompt`, `response_0`,
 `is_response_1_safe` (other columns are ignored). The config picks which judgement
 orders the pair: 'better' (helpfulness) or 'safer' (harmlessness). The record keeps
 the safety flags of both responses: `chosen_safe`, `rejected_safe`.
+
+Read as released: the Hub's `data/<generating model>/train.jsonl` files, or its parquet
+(`data/train-00000-of-0000N.parquet`, or the conversion's `default/train/0000.parquet`).
+Policies, counted per file (`builder.handled_rows`): an empty response is kept (a valid,
+if poor, answer); a pair of identical responses is dropped (nothing to prefer).
 """
 
 from __future__ import annotations
@@ -26,18 +31,27 @@ from deepalign.errors import UserError
 PREFERENCES = ("better", "safer")
 
 
-def to_record(row: dict[str, Any], preference: str) -> dict[str, Any]:
+EMPTY_RESPONSE = "kept with an empty response"
+IDENTICAL = "dropped: identical responses"
+
+
+def to_record(row: dict[str, Any], preference: str) -> dict[str, Any] | bad_rows.Handled:
   """A PKU-SafeRLHF row -> {'prompt', 'chosen', 'rejected', 'chosen_safe', 'rejected_safe'}."""
   prompt = row_fields.text(row, "prompt")
-  responses = (row_fields.text(row, "response_0"), row_fields.text(row, "response_1"))
+  responses = (row_fields.text(row, "response_0", allow_empty=True), row_fields.text(row, "response_1", allow_empty=True))
   safe = (row_fields.boolean(row, "is_response_0_safe"), row_fields.boolean(row, "is_response_1_safe"))
   chosen = row_fields.choice(row, f"{preference}_response_id", (0, 1))
   # Both ids are validated whichever orders the pair: a bad row is bad for both configs.
   row_fields.choice(row, "better_response_id", (0, 1))
   row_fields.choice(row, "safer_response_id", (0, 1))
-  return {"prompt": row_fields.messages_json([{"role": "user", "content": prompt}]),
-          "chosen": responses[chosen], "rejected": responses[1 - chosen],
-          "chosen_safe": safe[chosen], "rejected_safe": safe[1 - chosen]}
+  if responses[0] == responses[1]:
+    return bad_rows.Handled((IDENTICAL,))
+  record = {"prompt": row_fields.messages_json([{"role": "user", "content": prompt}]),
+            "chosen": responses[chosen], "rejected": responses[1 - chosen],
+            "chosen_safe": safe[chosen], "rejected_safe": safe[1 - chosen]}
+  if not all(r.strip() for r in responses):
+    return bad_rows.Handled((EMPTY_RESPONSE,), record)
+  return record
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,8 +63,9 @@ class PkuSafeRlhfConfig(ManualConfig):
 class PkuSafeRlhf(ManualBuilder):
   """PKU-SafeRLHF as `preference` records; configs 'safer' and 'better'."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Prompt as one user message; pair ordered by the config's response id; safety flags."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Prompt as one user message; pair ordered by the config's response id; safety flags.",
+                   "1.1.0": "Empty responses kept, identical pairs dropped, each counted (handled_rows)."}
   BUILDER_CONFIGS = [PkuSafeRlhfConfig(name=p, preference=p, description=f"pairs ordered by {p}_response_id")
                      for p in ("safer", "better")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -81,4 +96,5 @@ class PkuSafeRlhf(ManualBuilder):
     for path in paths:
       yield from bad_rows.examples(read_rows(path), lambda row: to_record(row, preference),
                                    source=os.path.relpath(path, manual_dir), on_bad_row=self.on_bad_row,
-                                   skipped_rows=self.skipped_rows)
+                                   skipped_rows=self.skipped_rows,
+                                   handled_rows=self.handled_rows)

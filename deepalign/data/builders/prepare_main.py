@@ -35,6 +35,8 @@ def run(dataset: str, config: str | None, manual_dir: str | None, data_dir: str,
   lines = [f"{builder.name}/{builder.builder_config.name} {builder.version} at {builder.data_path}"]
   lines += [f"  {split}: {info.num_examples} records" for split, info in sorted(builder.info.splits.items())]
   lines += [f"  skipped {n} malformed row(s) in {src}" for src, n in sorted(builder.skipped_rows.items())]
+  lines += [f"  {n} row(s) {policy} in {src}" for src, counts in sorted(builder.handled_rows.items())
+            for policy, n in counts.items()]
   return "\n".join(lines)
 
 

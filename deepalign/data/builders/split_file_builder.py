@@ -34,4 +34,5 @@ class SplitFileBuilder(ManualBuilder, skip_registration=True):
     read, to_record = type(self).READ, type(self).TO_RECORD  # plain functions, not methods
     for path in paths:
       yield from bad_rows.examples(read(path), to_record, source=os.path.relpath(path, manual_dir),
-                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows)
+                                   on_bad_row=self.on_bad_row, skipped_rows=self.skipped_rows,
+                                   handled_rows=self.handled_rows)

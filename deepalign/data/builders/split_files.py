@@ -1,7 +1,8 @@
 """Find a release's files in a manual dir and group them by split (train, test, ...).
 
 A file's split is its name up to the first dot, with a Hugging Face shard suffix
-(`train-00000-of-00004.parquet`) removed; files may sit in sub-directories when
+(`train-00000-of-00004.parquet`) removed, or for a file named by a number alone (the
+Hub's parquet conversion, `default/train/0000.parquet`) its directory's name; files may sit in sub-directories when
 `recursive` (PKU-SafeRLHF keeps one directory per generating model).
 """
 
@@ -44,6 +45,8 @@ def split_files(manual_dir: str, patterns: tuple[str, ...], *, recursive: bool =
     for name in sorted(files):
       if any(fnmatch.fnmatch(name, p) for p in patterns):
         split = split_of(name)
+        if split.isdigit():  # Hugging Face's parquet conversion: <config>/<split>/0000.parquet
+          split = os.path.basename(os.path.normpath(root))
         if not _SPLIT_NAME.match(split):
           raise UserError(f"{os.path.join(root, name)}: cannot name a split {split!r}; "
                           f"rename the file to e.g. train{name[len(split):]}")

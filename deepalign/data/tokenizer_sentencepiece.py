@@ -78,18 +78,18 @@ class SentencePieceTokenizer(SplittingTokenizer):
     self._added = {i: t for i, t in tokenizer_files.added_tokens(directory).items() if i >= size}
     self._added_ids = {t: i for i, t in self._added.items()}
     self._vocab_size = max([size] + [i + 1 for i in self._added])
-    defaults = {
-        'bos_token': self._sp.bos_id(), 'eos_token': self._sp.eos_id(),
-        'pad_token': self._sp.pad_id(), 'unk_token': self._sp.unk_id(),
-    }
+    # transformers takes bos/eos/unk from the model when the files name none; pad only where the
+    # tokenizer class has one by default (GemmaTokenizer's <pad>).
+    defaults = {'bos_token': self._sp.bos_id(), 'eos_token': self._sp.eos_id(), 'unk_token': self._sp.unk_id(),
+                'pad_token': self._sp.pad_id() if self._class.startswith('Gemma') else -1}
     # SentencePiece says -1 for "none".
     self._set_special_ids(directory, {k: (v if v >= 0 else None) for k, v in defaults.items()})
 
   def _configure(self, proto: sentencepiece_model_pb2.ModelProto, config: dict) -> None:
     """The prefix-space rules transformers' converted tokenizer applies (see the module docstring)."""
     spec = proto.normalizer_spec
-    tokenizer_class = str(config.get('tokenizer_class') or '').removesuffix('Fast')
-    self._llama = tokenizer_class in _LLAMA_CLASSES
+    self._class = str(config.get('tokenizer_class') or '').removesuffix('Fast')
+    self._llama = self._class in _LLAMA_CLASSES
     if self._llama:
       add_prefix_space = config.get('add_prefix_space')
       add_prefix_space = True if add_prefix_space is None else bool(add_prefix_space)

@@ -90,9 +90,12 @@ def grpo_loss(
   per_token = -jnp.minimum(ratio * adv, clipped_ratio * adv)
   metrics = {}
   if beta:
-    # Masked inputs: garbage (even -inf) on padding must not turn the gradient into nan.
-    kl = jnp.where(valid, kl_lib.kl_estimate(jnp.where(valid, logprobs, 0.0),
-                                             jnp.where(valid, ref_logprobs, 0.0), 'k3'), 0.0)
+    # Masked inputs: garbage (even -inf) on padding must not turn the gradient into nan. A token
+    # the current top-k / top-p policy dropped (probability 0, importance weight 0) is left out
+    # of the KL term: its k3 would be inf.
+    kept = valid & (logprobs > kl_lib.DROPPED_LOGPROB)
+    kl = jnp.where(kept, kl_lib.kl_estimate(jnp.where(kept, logprobs, 0.0),
+                                            jnp.where(kept, ref_logprobs, 0.0), 'k3'), 0.0)
     per_token = per_token + beta * kl
     metrics['kl'] = agg.masked_mean(jax.lax.stop_gradient(kl), mask)
   elif ref_logprobs is not None:

@@ -26,6 +26,9 @@ from deepalign.errors import UserError
 
 KLEstimator = Literal['k1', 'k2', 'k3']
 KL_ESTIMATORS: tuple[str, ...] = ('k1', 'k2', 'k3')
+# A log-prob below this is of a token a top-k / top-p filter dropped (`rollout.filters` puts
+# their logits at -1e30): probability 0 under the filtered policy.
+DROPPED_LOGPROB = -1e29
 
 
 def kl_estimate(

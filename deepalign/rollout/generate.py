@@ -9,10 +9,8 @@ import jax.numpy as jnp
 from deepalign.errors import UserError
 from deepalign.models.kv_cache import init_cache
 from deepalign.models.transformer import Transformer
-from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.categorical import argmax_last, sample_categorical
-from deepalign.rollout.filters import top_k_filter, top_p_filter
-from deepalign.rollout.logprobs import token_logprobs
+from deepalign.rollout.logprobs import sampling_logits, token_entropy, token_logprobs
 from deepalign.rollout.sample_output import SampleOutput
 from deepalign.rollout.sampling_config import SamplingConfig
 
@@ -65,20 +63,21 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
 
   def choose(logits: jax.Array, t: jax.Array, done: jax.Array):
     """Token t of every row from next-token logits [B, V]."""
-    z = logits.astype(jnp.float32) / jnp.float32(config.temperature)
     if config.greedy:
-      sampled = argmax_last(z)
+      sampled = argmax_last(logits.astype(jnp.float32) / jnp.float32(config.temperature))
     else:
-      z = top_p_filter(top_k_filter(z, config.top_k), config.top_p)
+      z = sampling_logits(logits, config.temperature, config.top_k, config.top_p)
       sampled = sample_categorical(jax.random.fold_in(rng, t), z)
     is_forced = t < forced_len
     token = jnp.where(is_forced, jax.lax.dynamic_index_in_dim(forced, t, 1, False),
                       sampled).astype(jnp.int32)
     exists = ~done
-    logprob = jnp.where(exists, token_logprobs(logits, token, config.temperature), 0.0)
+    # The policy is the distribution sampled from: the filtered one when top_k / top_p are on.
+    filters = config.filters
+    logprob = jnp.where(exists, token_logprobs(logits, token, config.temperature, **filters), 0.0)
     # [B, V] per step is cheap next to the step's matmuls, and spares an RL step the policy
     # forward it would otherwise need only to report the entropy.
-    entropy = jnp.where(exists, entropy_from_logits(logits, config.temperature), 0.0)
+    entropy = jnp.where(exists, token_entropy(logits, config.temperature, **filters), 0.0)
     token = jnp.where(exists, token, config.pad_id)
     if config.stop_at_eos:
       done = done | (exists & config.is_eos(token))

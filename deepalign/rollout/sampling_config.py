@@ -51,6 +51,17 @@ class SamplingConfig:
     if not 0 < self.top_p <= 1:
       raise UserError(f'SamplingConfig.top_p={self.top_p!r} must be in (0, 1] (1 = off).')
 
+  @property
+  def filters(self) -> dict:
+    """top_k / top_p as keyword arguments of `rollout.logprobs`: with them, every log-prob and
+    entropy is of the distribution the sampler draws from."""
+    return {'top_k': self.top_k, 'top_p': self.top_p}
+
+  @property
+  def filtered(self) -> bool:
+    """top-k or top-p truncates the distribution (the policy is the filtered one)."""
+    return self.top_k > 0 or self.top_p < 1
+
   def is_eos(self, tokens: jax.Array) -> jax.Array:
     """bool, shape of `tokens`: the token is one of the EOS ids."""
     return functools.reduce(jnp.logical_or, [tokens == i for i in self.eos_id])

@@ -6,7 +6,7 @@ setuptools.setup(
     name="deepalign",
     version="0.1.0",
     description="RLHF at TPU scale, the measurements of shallow alignment, and the recovery penalty that fixes it.",
-    packages=setuptools.find_packages(include=["deepalign", "deepalign.*"]),
+    packages=setuptools.find_packages(include=["deepalign", "deepalign.*", "launch", "launch.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=[
         # JAX 0.11 dropped Python 3.11 and flax 0.12.8 breaks on jax >= 0.11.1.

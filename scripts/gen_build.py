@@ -1,6 +1,6 @@
 """Writes the Bazel BUILD file from the source tree, or checks that it is in step.
 
-A `py_library` per package under deepalign/ (its .py files; deps = the deepalign packages
+A `py_library` per package under deepalign/ and launch/ (its .py files; deps = the deepalign packages
 it imports) and a `py_test` per tests/**/test_*.py file (deps = what it imports; data =
 the committed fixtures). `python scripts/gen_build.py` rewrites BUILD;
 `python scripts/gen_build.py --check` exits 1 when BUILD is stale (tests/test_build.py).
@@ -43,7 +43,7 @@ def _label(package_dir: pathlib.Path) -> str:
 
 
 def _packages() -> list[pathlib.Path]:
-  return [p.parent for p in _files((ROOT / "deepalign").rglob("__init__.py"))]
+  return [p.parent for top in ("deepalign", "launch") for p in _files((ROOT / top).rglob("__init__.py"))]
 
 
 def _imported_packages(path: pathlib.Path, packages: set[pathlib.Path]) -> list[str]:
@@ -57,7 +57,7 @@ def _imported_packages(path: pathlib.Path, packages: set[pathlib.Path]) -> list[
       names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
   deps = set()
   for name in names:
-    if not name.startswith("deepalign"):
+    if not name.startswith(("deepalign", "launch")):
       continue
     parts = name.split(".")
     # The deepest package that the dotted name lies in.

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from deepalign.models.config import ModelConfig
 from deepalign.models.norms import RMSNorm
 from deepalign.models.rope import apply_rope
+from deepalign.models.sharding import BLT_HEADS, BLT_KV_HEADS, CACHE, constrain
 
 
 def attention_mask(query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array,
@@ -46,7 +47,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 class Attention(nn.Module):
   """q/k/v/o projections (kernels split per head), optional q/k norm, rope, cache write."""
   config: ModelConfig
-  layer: int
+  layer: int = 0  # informational: the block's mask is chosen by the caller
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
@@ -64,9 +65,9 @@ class Attention(nn.Module):
         param_dtype=cfg.params_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(init, ('embed', axis_name, 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name, 'kv')))
-    q = dense(cfg.num_heads, 'heads', 'q_proj')(x)
-    k = dense(cfg.num_kv_heads, 'kv_heads', 'k_proj')(x)
-    v = dense(cfg.num_kv_heads, 'kv_heads', 'v_proj')(x)
+    q = constrain(dense(cfg.num_heads, 'heads', 'q_proj')(x), BLT_HEADS)
+    k = constrain(dense(cfg.num_kv_heads, 'kv_heads', 'k_proj')(x), BLT_KV_HEADS)
+    v = constrain(dense(cfg.num_kv_heads, 'kv_heads', 'v_proj')(x), BLT_KV_HEADS)
     if cfg.qk_norm:
       qk_norm = lambda name: RMSNorm(eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one,
                                      param_dtype=cfg.params_dtype, axis_name='kv', name=name)
@@ -79,9 +80,12 @@ class Attention(nn.Module):
       cache_k, cache_v = kv
       cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, index, 0))
       cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, index, 0))
+      # Sharded over batch and KV heads, like the k / v that fill it.
+      cache_k, cache_v = constrain(cache_k, CACHE), constrain(cache_v, CACHE)
       new_kv = (cache_k, cache_v)
       k, v = cache_k.astype(cfg.compute_dtype), cache_v.astype(cfg.compute_dtype)
     out = dot_product_attention(q, k, v, mask, cfg.attention_scale(), cfg.attn_logit_softcap)
+    out = constrain(out, BLT_HEADS)
     out = nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype,
         param_dtype=cfg.params_dtype, name='o_proj',

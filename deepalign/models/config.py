@@ -23,6 +23,21 @@ ROPE_SCALINGS = ('none', 'linear', 'llama3')
 MLP_TYPES = ('gated', 'plain')
 ACTIVATIONS = ('silu', 'gelu_tanh', 'gelu', 'relu')
 LAYER_TYPES = ('full_attention', 'sliding_attention')
+# `remat` names: 'none', 'full' (save nothing but each layer's input: today's `remat=True`), or a
+# zero-argument policy of `jax.checkpoint_policies` naming what the backward may keep.
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
+                  'checkpoint_dots', 'checkpoint_dots_with_no_batch_dims', 'everything_saveable',
+                  'nothing_saveable')
+
+
+def _remat_name(value: Any) -> str:
+  """`remat` as a policy name; the old bool still works (True -> 'full', False -> 'none')."""
+  if isinstance(value, bool) or value is None:
+    return 'full' if value else 'none'
+  if value not in REMAT_POLICIES:
+    raise UserError(f'ModelConfig.remat={value!r} is not a remat policy; use one of '
+                    f'{REMAT_POLICIES} (or True / False).')
+  return value
 
 
 def _dtype_name(value: Any, field: str) -> str:
@@ -102,12 +117,18 @@ class ModelConfig:
   dtype: str = 'float32'  # compute dtype
   param_dtype: str = 'float32'
   initializer_range: float = 0.02
-  remat: bool = False  # rematerialise each layer in the backward pass (long sequences, big models)
+  # Rematerialise each layer in the backward pass: a name of REMAT_POLICIES (True = 'full').
+  remat: str = 'none'
+  # One `nn.scan` over the layers (stacked params [L, ...] under params['layers'], logical axis
+  # 'layers'): one compiled block instead of L, for big models. Off: params['layers_0'], ...
+  scan_layers: bool = False
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_('dtype', _dtype_name(self.dtype, 'dtype'))
     set_('param_dtype', _dtype_name(self.param_dtype, 'param_dtype'))
+    set_('remat', _remat_name(self.remat))
+    set_('scan_layers', bool(self.scan_layers))
     if self.layer_types is not None:
       set_('layer_types', tuple(self.layer_types))
     for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
@@ -177,6 +198,10 @@ class ModelConfig:
     if self.layer_types is None:
       return True
     return self.layer_types[layer] == 'sliding_attention'
+
+  def has_mixed_layers(self) -> bool:
+    """Whether sliding and full layers alternate (Gemma-2): a scanned layer picks its mask by flag."""
+    return len({self.is_sliding(i) for i in range(self.num_layers)}) > 1
 
   def attention_scale(self) -> float:
     """Multiplier of q·k: head_dim**-0.5, or query_pre_attn_scalar**-0.5 (Gemma2)."""

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import struct
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -58,6 +58,8 @@ class CheckpointFiles:
                       f'config.json and {SINGLE_FILE}.')
     self._handles: dict[str, object] = {}
     self.file_of: dict[str, str] = self._discover()
+    # (name, ((start, stop), ...)) of every `read_slice`: what this process read (tests, logs).
+    self.slices_read: list[tuple[str, tuple[tuple[int, int], ...]]] = []
 
   def _discover(self) -> dict[str, str]:
     """tensor name -> path of the file that holds it."""
@@ -125,6 +127,20 @@ class CheckpointFiles:
       # safetensors < 0.6 cannot make numpy bfloat16 arrays; read the bytes ourselves.
       return _read_raw(path, name)
 
+  def read_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+    """Block `index` (one slice per dimension) of tensor `name`, reading only those bytes'
+    rows from the file (`safe_open(...).get_slice`): a host loads just its shards."""
+    path = self.file_of[name]
+    handle = self._open(path)
+    if name not in handle.keys():
+      raise UserError(f'{path}: tensor {name!r} is listed in {INDEX_FILE} but not in this shard; '
+                      're-download the checkpoint.')
+    self.slices_read.append((name, tuple((s.start, s.stop) for s in index)))
+    try:
+      return handle.get_slice(name)[index]
+    except TypeError:
+      return _read_raw(path, name)[index]  # safetensors < 0.6: no numpy bfloat16
+
   def close(self) -> None:
     self._handles.clear()
 
@@ -157,44 +173,52 @@ def parse_size(size: int | str) -> int:
   return int(float(m.group(1)) * base ** ' KMGT'.index(m.group(2).upper() or ' '))
 
 
-def _shards(tensors: dict[str, np.ndarray], limit: int) -> Iterator[dict[str, np.ndarray]]:
-  """Consecutive groups of tensors whose bytes stay under `limit` (a bigger tensor goes alone)."""
-  shard: dict[str, np.ndarray] = {}
+def _shards(sizes: dict[str, int], limit: int) -> Iterator[list[str]]:
+  """Consecutive groups of tensor names whose bytes stay under `limit` (a bigger one goes alone)."""
+  shard: list[str] = []
   size = 0
-  for name, array in tensors.items():
-    if shard and size + array.nbytes > limit:
+  for name, nbytes in sizes.items():
+    if shard and size + nbytes > limit:
       yield shard
-      shard, size = {}, 0
-    shard[name] = array
-    size += array.nbytes
+      shard, size = [], 0
+    shard.append(name)
+    size += nbytes
   if shard:
     yield shard
 
 
-def write_safetensors(tensors: dict[str, np.ndarray], out_dir: str,
-                      max_shard_size: int | str = '5GB') -> list[str]:
+def write_safetensors(tensors: dict[str, np.ndarray | Callable[[], np.ndarray]], out_dir: str,
+                      max_shard_size: int | str = '5GB',
+                      sizes: dict[str, int] | None = None) -> list[str]:
   """Writes `tensors` as transformers does; returns the file names written.
 
+  A value may be a function returning the array (with its byte count in `sizes`): it is
+  called when its shard is written and dropped after, so at most one shard is in memory.
   Earlier weight files in `out_dir` are removed first, so no stale shard can shadow the new ones.
   """
   limit = parse_size(max_shard_size)
+  if sizes is None:
+    sizes = {name: a.nbytes for name, a in tensors.items()}
   os.makedirs(out_dir, exist_ok=True)
   for f in os.listdir(out_dir):
     if f == INDEX_FILE or re.fullmatch(r'model(-\d{5}-of-\d{5})?\.safetensors', f):
       os.remove(os.path.join(out_dir, f))
-  shards = list(_shards(tensors, limit))
+  groups = list(_shards(sizes, limit))
+  materialize = lambda group: {n: tensors[n]() if callable(tensors[n]) else tensors[n] for n in group}
+  shards = (materialize(group) for group in groups)
   # transformers refuses safetensors files whose metadata does not say which framework wrote them.
   metadata = {'format': 'pt'}
-  if len(shards) == 1:
-    safetensors.numpy.save_file(shards[0], os.path.join(out_dir, SINGLE_FILE), metadata=metadata)
+  if len(groups) == 1:
+    safetensors.numpy.save_file(next(shards), os.path.join(out_dir, SINGLE_FILE), metadata=metadata)
     return [SINGLE_FILE]
   names, weight_map = [], {}
   for i, shard in enumerate(shards):
-    file = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
+    file = f'model-{i + 1:05d}-of-{len(groups):05d}.safetensors'
     safetensors.numpy.save_file(shard, os.path.join(out_dir, file), metadata=metadata)
     names.append(file)
     weight_map.update({name: file for name in shard})
-  index = {'metadata': {'total_size': int(sum(a.nbytes for a in tensors.values()))},
+    del shard
+  index = {'metadata': {'total_size': int(sum(sizes.values()))},
            'weight_map': dict(sorted(weight_map.items()))}
   with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
     json.dump(index, f, indent=2)

@@ -6,13 +6,16 @@ import jax.numpy as jnp
 
 from deepalign.errors import UserError
 from deepalign.models.config import ModelConfig
+from deepalign.models.sharding import CACHE, constrain
 
 
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer for the slots written so far.
 
-  keys, values: one array per layer, [B, K, S, hd] (rope already applied to keys).
+  keys, values: one array per layer, [B, K, S, hd] (rope already applied to keys); for a
+    `scan_layers` model one stacked array [L, B, K, S, hd] each (the scan reads and writes
+    layer l at [l]; `keys[l]` and `len(keys)` mean the same in both layouts).
   valid: [B, S] bool, slot s holds a real (non-padding) token.
   index: [] int32, the next slot to write; every row writes the same slots (left padding).
   """
@@ -44,7 +47,12 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
     raise UserError(f'init_cache(batch={batch}, max_len={max_len}): both must be >= 1.')
   dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
   shape = (batch, config.num_kv_heads, max_len, config.head_dim)
-  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-  zeros_v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-  return KVCache(keys=zeros, values=zeros_v, valid=jnp.zeros((batch, max_len), bool),
+  if config.scan_layers:
+    # Sharded over batch and KV heads from the start (no-op without a mesh).
+    stacked = lambda: constrain(jnp.zeros((config.num_layers,) + shape, dtype), ('layers',) + CACHE)
+    keys, values = stacked(), stacked()
+  else:
+    keys = tuple(constrain(jnp.zeros(shape, dtype), CACHE) for _ in range(config.num_layers))
+    values = tuple(constrain(jnp.zeros(shape, dtype), CACHE) for _ in range(config.num_layers))
+  return KVCache(keys=keys, values=values, valid=jnp.zeros((batch, max_len), bool),
                  index=jnp.zeros((), jnp.int32))

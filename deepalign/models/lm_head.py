@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from deepalign.models.config import ModelConfig
+from deepalign.models.sharding import constrain, logits_names
 
 
 def head_kernel(params: Mapping[str, Any], config: ModelConfig) -> jax.Array:
@@ -50,11 +51,12 @@ def lm_logits(hidden: jax.Array, kernel: jax.Array, config: ModelConfig,
   """Logits [..., V] in `dtype` from final hidden states [..., D] and the kernel [D, V].
 
   The matmul (float32 accumulation) and the soft cap run in `dtype` (float32 by default,
-  whatever `config.dtype` is). Pure: no module, no parameters of its own.
+  whatever `config.dtype` is). Pure: no module, no parameters of its own. Under a context
+  mesh the logits are constrained to batch over data x fsdp and vocab over tensor.
   """
   dtype = jnp.dtype(dtype)
   hidden, kernel = hidden.astype(dtype), kernel.astype(dtype)
   # The contraction nn.Dense writes, so the float32 path is bit-identical to the old layer.
   out = jax.lax.dot_general(hidden, kernel, (((hidden.ndim - 1,), (0,)), ((), ())),
                             preferred_element_type=jnp.float32).astype(dtype)
-  return soft_cap(out, config.final_logit_softcap)
+  return constrain(soft_cap(out, config.final_logit_softcap), logits_names(out.ndim))

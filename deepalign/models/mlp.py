@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 
 from deepalign.models.config import ModelConfig
+from deepalign.models.sharding import BLT_MLP, constrain
 
 ACTIVATION_FNS = {
     'silu': jax.nn.silu,
@@ -31,4 +32,5 @@ class MLP(nn.Module):
       h = act(dense(cfg.intermediate_size, ('embed', 'mlp'), 'gate_proj')(x)) * up
     else:
       h = act(up)
+    h = constrain(h, BLT_MLP)
     return dense(cfg.hidden_size, ('mlp', 'embed'), 'down_proj')(h)

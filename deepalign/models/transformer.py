@@ -14,6 +14,7 @@ from deepalign.models.lm_head import lm_logits
 from deepalign.models.mlp import MLP
 from deepalign.models.norms import make_norm
 from deepalign.models.rope import rope_tables
+from deepalign.models.sharding import BLT_EMBED, constrain
 
 
 class HeadKernel(nn.Module):
@@ -29,27 +30,57 @@ class HeadKernel(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; Gemma2 adds post-norms on both branches (sandwich)."""
+  """Pre-norm residual block; Gemma2 adds post-norms on both branches (sandwich).
+
+  The argument order is `nn.scan`'s: the carry x, the per-layer inputs (sliding flag, this
+  layer's cache), then what every layer shares (masks, rope, cache index).
+  """
   config: ModelConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, masks: tuple[jax.Array, jax.Array | None],
-               rope: tuple[jax.Array, jax.Array] | None,
-               kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None
+  def __call__(self, x: jax.Array, sliding: jax.Array | None,
+               kv: tuple[jax.Array, jax.Array] | None,
+               masks: tuple[jax.Array, jax.Array | None],
+               rope: tuple[jax.Array, jax.Array] | None, index: jax.Array | None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """x [B, T, D] -> ([B, T, D], updated layer cache). masks = (full, sliding) [B, T, S]."""
+    """x [B, T, D] -> ([B, T, D], updated layer cache).
+
+    masks = (full, window) [B, T, S]: with window None, `full` is this layer's mask; otherwise
+    (scanned Gemma-2) the layer's flag `sliding` ([] bool) picks one of the two.
+    """
     cfg = self.config
-    mask = masks[1] if cfg.is_sliding(self.layer) else masks[0]
-    h, kv = Attention(cfg, self.layer, name='attn')(make_norm(cfg, 'input_norm')(x), mask, rope,
-                                                    kv, index)
+    full, window = masks
+    mask = full if window is None else jnp.where(sliding, window, full)
+    h, kv = Attention(cfg, name='attn')(make_norm(cfg, 'input_norm')(x), mask, rope, kv, index)
     if cfg.sandwich_norm:
       h = make_norm(cfg, 'post_attn_norm')(h)
     x = x + h
     h = MLP(cfg, name='mlp')(make_norm(cfg, 'pre_mlp_norm')(x))
     if cfg.sandwich_norm:
       h = make_norm(cfg, 'post_mlp_norm')(h)
-    return x + h, kv
+    return constrain(x + h, BLT_EMBED), kv
+
+
+def remat_policy(name: str) -> Any:
+  """The `jax.checkpoint` policy of a `ModelConfig.remat` name ('full': None, save nothing)."""
+  return None if name == 'full' else getattr(jax.checkpoint_policies, name)
+
+
+def block_class(cfg: ModelConfig) -> Any:
+  """`Block`, rematerialised by `cfg.remat` and, with `cfg.scan_layers`, scanned over the layers.
+
+  Scanned: params stacked [L, ...] with the logical axis 'layers' in front, the cache read and
+  written per layer through the scan, and the per-layer sliding flag as a scanned input.
+  """
+  cls = Block
+  if cfg.remat != 'none':
+    # Inside a scan, CSE cannot merge the recomputation with the forward (MaxText's setting).
+    cls = nn.remat(cls, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    cls = nn.scan(cls, variable_axes={'params': 0}, split_rngs={'params': True},
+                  in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+                  length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  return cls
 
 
 def default_positions(attention_mask: jax.Array, cache: KVCache | None = None) -> jax.Array:
@@ -80,8 +111,11 @@ class Transformer(nn.Module):
       self.pos_embed = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                                 dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                                 embedding_init=nn.with_logical_partitioning(init, (None, 'embed')))
-    block = nn.remat(Block) if cfg.remat else Block
-    self.layers = [block(cfg, i) for i in range(cfg.num_layers)]
+    block = block_class(cfg)
+    if cfg.scan_layers:
+      self.layers = block(cfg)  # params['layers'], leaves [L, ...]
+    else:
+      self.layers = [block(cfg) for _ in range(cfg.num_layers)]  # params['layers_0'], ...
     self.final_norm = make_norm(cfg, 'final_norm')
     if cfg.head == 'lm' and not cfg.tie_word_embeddings:
       # A bare [D, V] kernel (params['lm_head']['kernel'], as nn.Dense had): `lm_head.lm_logits`
@@ -109,6 +143,7 @@ class Transformer(nn.Module):
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.compute_dtype)
     if cfg.position_embedding == 'learned':
       x = x + self.pos_embed(positions)
+    x = constrain(x, BLT_EMBED)
     rope = rope_tables(cfg, positions) if cfg.position_embedding == 'rope' else None
 
     valid = attention_mask.astype(bool)
@@ -130,18 +165,32 @@ class Transformer(nn.Module):
       full = full & same
       sliding = None if sliding is None else sliding & same
 
-    new_keys, new_values = [], []
-    for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.keys[i], cache.values[i])
-      x, kv = layer(x, (full, sliding), rope, kv, index)
-      if cache is not None:
-        new_keys.append(kv[0])
-        new_values.append(kv[1])
+    if cfg.scan_layers:
+      x, kv = self._scanned_layers(x, full, sliding, cache, rope, index)
+    else:
+      new_keys, new_values = [], []
+      for i, layer in enumerate(self.layers):
+        kv = None if cache is None else (cache.keys[i], cache.values[i])
+        mask = sliding if cfg.is_sliding(i) else full
+        x, kv = layer(x, None, kv, (mask, None), rope, index)
+        new_keys.append(None if kv is None else kv[0])
+        new_values.append(None if kv is None else kv[1])
+      kv = (tuple(new_keys), tuple(new_values))
     x = self.final_norm(x)
     if cache is None:
       return x
-    return x, KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=key_valid,
-                      index=index + t)
+    return x, KVCache(keys=kv[0], values=kv[1], valid=key_valid, index=index + t)
+
+  def _scanned_layers(self, x, full, sliding, cache, rope, index):
+    """The scanned stack: x [B, T, D] -> (x, (keys, values) [L, B, K, S, hd] or None)."""
+    cfg = self.config
+    if cfg.has_mixed_layers():
+      flags = jnp.asarray([cfg.is_sliding(i) for i in range(cfg.num_layers)])
+      masks = (full, sliding)
+    else:
+      flags, masks = None, (sliding if cfg.is_sliding(0) else full, None)
+    kv = None if cache is None else (cache.keys, cache.values)
+    return self.layers(x, flags, kv, masks, rope, index)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """LM logits [..., V] float32 from final hidden states [..., D] (tied or untied, soft-capped).

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 from flax.core import meta
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from deepalign.errors import UserError
 
@@ -86,7 +86,12 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     if name is not None and name not in known:
       raise UserError(f"{where}: logical axis {name!r} has no rule; add e.g. ({name!r}, None) to "
                       f"replicate it or ({name!r}, 'fsdp') to shard it to the parallel rules")
-  sizes = dict(mesh.shape)
+  return _resolve(logical_axes, shape, dict(mesh.shape), rules)
+
+
+def _resolve(logical_axes: Sequence[str | None], shape: Sequence[int], sizes: dict[str, int],
+             rules: Rules) -> PartitionSpec:
+  """The resolution of the module docstring over mesh axis `sizes` (rules already normalized)."""
   used: set[str] = set()
   assigned: list[MeshAxes | bool] = [False] * len(shape)  # False: no rule applied yet
   for name, axes in rules:
@@ -110,6 +115,27 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     else:
       entries.append(axes[0] if len(axes) == 1 else axes)
   return PartitionSpec(*entries)
+
+
+def activation_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Any,
+                    rules: Any = DEFAULT_RULES) -> PartitionSpec:
+  """The `PartitionSpec` an activation of `shape` named `logical_axes` is constrained to.
+
+  As `logical_to_spec`, over the mesh's Auto axes only: an Explicit axis's sharding is part of
+  the array's type and propagates by itself (constraining it needs `jax.sharding.reshard`).
+  `mesh` is a `Mesh` or the `AbstractMesh` of `jax.sharding.get_abstract_mesh()` inside jit.
+  """
+  rules = normalize_rules(rules)
+  if len(logical_axes) != len(shape):
+    raise ValueError(f'activation logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}')
+  known = {name for name, _ in rules}
+  for name in logical_axes:
+    if name is not None and name not in known:
+      raise UserError(f"activation logical axis {name!r} has no rule; add e.g. ({name!r}, None) to "
+                      'the parallel rules')
+  types = dict(zip(mesh.axis_names, mesh.axis_types))
+  sizes = {a: n for a, n in dict(mesh.shape).items() if types.get(a) != AxisType.Explicit}
+  return _resolve(logical_axes, shape, sizes, rules)
 
 
 def _is_axes_leaf(x: Any) -> bool:

@@ -9,7 +9,6 @@ is written to DIR.
 
 import difflib
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deepalign.errors import UserError
+from deepalign.train.run_stage import flat_keys as _flat_keys
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'configs/FILE.py[:PRESET]; override any field with --config.a.b=value',
@@ -68,18 +68,6 @@ def _load_config(spec: str) -> ml_collections.ConfigDict:
     raise
   except Exception as e:
     raise UserError(f'config file {path} get_config({preset!r}) failed: {type(e).__name__}: {e}') from e
-
-
-def _flat_keys(config: Any, prefix: str = '') -> dict[str, Any]:
-  """{'a.b.c': value} for every leaf of a ConfigDict."""
-  out = {}
-  for key, value in config.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, (ml_collections.ConfigDict, dict)) and value:
-      out.update(_flat_keys(value, name + '.'))
-    else:
-      out[name] = value
-  return out
 
 
 def _diagnose(argv: Sequence[str], error: BaseException) -> str:
@@ -133,44 +121,24 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   return rest
 
 
-def _config_changes(old: dict, new: dict) -> list[str]:
-  old_flat, new_flat = _flat_keys(old), _flat_keys(new)
-  return [f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}'
-          for k in sorted(set(old_flat) | set(new_flat)) if old_flat.get(k) != new_flat.get(k)]
-
-
-def run(config: ml_collections.ConfigDict, workdir: str):
-  """Builds the stage's Task, records the resolved config, and trains (or resumes)."""
-  from deepalign import parallel  # after flags: keeps --help and flag errors fast
-  from deepalign.train import atomic_files, loop, stages
+def run(config: ml_collections.ConfigDict, workdir: str, console: Any = None):
+  """Runs the stage the config names: a study or an evaluation, or trains one stage (or
+  resumes it). console: a deepalign.console.Console for the progress display (None: silent)."""
+  from deepalign import console as console_lib  # after flags: keeps --help and flag errors fast
+  from deepalign.train import run_stage
   from deepalign.train.workdir_check import check_workdir
   check_workdir(config, workdir)  # a file, unwritable, another stage's run: before any write
-  if config.get('compilation_cache_dir'):
-    import jax
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
-  if config.stage == 'toy_study':  # a study runs stages through this function, then analyses them
+  console = console or console_lib.Console.silent()
+  run_stage.use_compilation_cache(config)
+  if config.stage == 'toy_study':  # trains its runs through run_stage, then analyses them
     from deepalign.study import toy_study
-    return toy_study.run(config, workdir, train_fn=run)
+    return toy_study.run(config, workdir, console=console)
   if config.stage == 'safety_eval':  # measures checkpoints; trains nothing
     from deepalign.study import safety_eval
     return safety_eval.run(config, workdir)
-  stages.check_inputs(config)
-  parallel.initialize_distributed(config.parallel.distributed)  # before any device is touched
-  task = stages.build_task(config, workdir)
-  resolved = json.loads(config.to_json_best_effort())
-  path = os.path.join(workdir, 'config.json')
-
-  def record_config() -> None:  # only once the run starts: a refused resume leaves it as it was
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(path):
-      with open(path) as f:
-        changes = _config_changes(json.load(f), resolved)
-      if changes:
-        logging.warning('config differs from the one %s was started with: %s', workdir,
-                        '; '.join(changes))
-    atomic_files.write_json_atomic(path, resolved)
-
-  return loop.train(task, config, workdir, on_start=record_config)
+  progress = console.progress([(str(config.stage), 60.0)])
+  with progress.stage(str(config.stage), log_path=os.path.join(workdir, 'log.txt')):
+    return run_stage.train_stage(config, workdir)
 
 
 class _QuietLibraries:
@@ -184,13 +152,16 @@ def main(argv: Sequence[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     _fail(f'unexpected arguments {" ".join(argv[1:])}; flags look like --config.a.b=value')
-  try:
-    result = run(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    _fail(str(e))
-  if result.preempted:
-    logging.warning('stopped at step %d by a preemption signal; re-run the same command to resume',
-                    int(result.state.step))
+  from deepalign import console as console_lib
+  console = console_lib.Console(full_log=console_lib.wants_full_log(flags.FLAGS))
+  with console.session():  # progress and warnings on stderr; the full log in DIR/log.txt
+    try:
+      result = run(_CONFIG.value, _WORKDIR.value, console=console)
+    except UserError as e:
+      _fail(str(e))
+    if result.preempted:
+      logging.warning('stopped at step %d by a preemption signal; re-run the same command to resume',
+                      int(result.state.step))
 
 
 if __name__ == '__main__':

@@ -65,12 +65,52 @@ PLOTS = {
         'For each response, the harm horizon is the first position after which its harm is '
         'already decided (further tokens cannot change it). Bars near 1 mean the outcome is '
         'settled by the opening tokens, the signature of shallow alignment.'),
-    'training_curves.png': (
-        'Training curves',
-        'The metrics each run logged to metrics.jsonl against the training step (reward, KL, '
-        'losses, lengths, ...). Use them to check that training converged before reading the '
-        'other plots.'),
+    'benign_helpfulness.png': (
+        'Benign prompts: helpfulness and over-refusal',
+        'The fraction of held-out benign prompts each model answers helpfully (green) and '
+        'refuses (red). Safety bought by refusing everything would show here as red bars; the '
+        'deeply aligned models should keep the base model\'s helpfulness.'),
 }
+KIND_TITLES = {'sft': 'SFT runs', 'reward_model': 'the reward model', 'dpo': 'DPO runs',
+               'ppo': 'PPO runs', 'grpo': 'GRPO runs'}
+TRAINING_TEXT = {
+    'sft': 'The SFT runs (the bases, Qi et al.\'s augmentation, the fine-tuning attacks): training '
+           'NLL, the held-out NLL and how the sampled answers behave at each evaluation, the '
+           'gradient norm and the learning rate.',
+    'reward_model': 'The Bradley-Terry reward model: loss, pair accuracy (train and held out), '
+                    'the reward margin between chosen and rejected answers, the learning rate.',
+    'dpo': 'The DPO runs: loss, the implicit reward\'s accuracy and margin, the learning rate.',
+    'ppo': 'The RL runs, per iteration: the reward of ordinary rollouts, the KL to the reference '
+           'model, the harm on ordinary rollouts of harmful prompts (ASR@0 while training) and on '
+           'recovery rollouts (after a harmful prefix: the recovery penalty\'s target), the '
+           'policy entropy, the PPO clip fraction and the value loss. Check that the reward '
+           'rose and the KL settled before reading the other plots.',
+}
+TRAINING_TEXT['grpo'] = TRAINING_TEXT['ppo']
+
+
+def training_plot_name(kind: str) -> str:
+  return f'training_{kind}.png'
+
+
+def plot_info(fname: str) -> tuple[str, str]:
+  """(heading, explanation) of a plot file report.md shows."""
+  if fname in PLOTS:
+    return PLOTS[fname]
+  kind = fname[len('training_'):-len('.png')]
+  return (f'Training curves: {KIND_TITLES.get(kind, kind)}',
+          TRAINING_TEXT.get(kind, 'The metrics each run logged to metrics.jsonl.')
+          + ' Faint lines are the logged values, solid ones their moving average.')
+
+
+def infer_kind(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The kind of stage a metrics.jsonl is from, read off its keys (sft when nothing else fits)."""
+  keys = {k for row in rows for k in row}
+  for kind, marker in (('ppo', 'train/reward/mean'), ('dpo', 'train/rewards/accuracies'),
+                       ('reward_model', 'train/margin')):
+    if marker in keys:
+      return kind
+  return 'sft'
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -200,23 +240,27 @@ def _markdown(title: str, report: Mapping[str, dict], plot_files: Sequence[str])
   lines += ['', 'The full numbers (per depth, per position, with standard errors) are in '
             '`report.json`.', '']
   for fname in plot_files:
-    heading, text = PLOTS[fname]
+    heading, text = plot_info(fname)
     lines += [f'## {heading}', '', f'![{heading}](plots/{fname})', '', text, '']
   return '\n'.join(lines)
 
 
 def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
                  metrics: Mapping[str, str] | None = None,
-                 title: str = 'deepalign: shallow vs. deep alignment') -> dict:
+                 title: str = 'deepalign: shallow vs. deep alignment',
+                 kinds: Mapping[str, str] | None = None, seed: int | None = None) -> dict:
   """Write out_dir/report.json, out_dir/report.md and out_dir/plots/*.png.
 
   Args:
     results: {model name: entry} with the REQUIRED_KEYS (see the module docstring), e.g. from
       `entry_from_estimates`.
     out_dir: the study's workdir (created if missing).
-    metrics: {run name: path to a metrics.jsonl or its workdir} for the training curves; the
-      plot is skipped when None.
+    metrics: {run name: path to a metrics.jsonl or its workdir} for the training curves, one
+      plot per kind of stage (plots/training_<kind>.png); skipped when None.
     title: the heading of report.md.
+    kinds: {run name: kind of stage} ('sft', 'reward_model', 'dpo', 'ppo', 'ppo_recovery',
+      'grpo'); a run not named is read off its metric names.
+    seed: the seed the models were trained and measured with (in every plot's caption).
   Returns:
     The report dict written to report.json.
   """
@@ -236,22 +280,42 @@ def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str,
   def measured(*keys: str) -> bool:  # a plot no model has numbers for is left out
     return any(r.get(k) is not None for r in report.values() for k in keys)
 
+  def note(*parts: str) -> str:
+    return plots.caption(*parts, seed=seed)
+
   if measured('asr_at_k'):
-    plots.plot_asr(report, out('asr_vs_prefill_depth.png'))
+    plots.plot_asr(report, out('asr_vs_prefill_depth.png'),
+                   note('ASR@k: fraction of held-out harmful prompts answered harmfully when the '
+                        'first k tokens of a harmful answer are prefilled'))
   if measured('kl_per_position'):
     plots.plot_profile(report, 'kl_per_position', 'KL(policy || reference) at t (nats)',
                        'Per-position KL to the reference', out('kl_per_position.png'),
-                       se_key='kl_per_position_se')
+                       se_key='kl_per_position_se',
+                       note=note('KL in nats per position, on the harmful answers'))
   if measured('grad_norm_per_position', 'grad_norm_recovery_per_position'):
-    plots.plot_grad_norms(report, out('grad_norm_per_position.png'))
+    plots.plot_grad_norms(report, out('grad_norm_per_position.png'),
+                          note('||g_t||: L2 norm over all parameters of the gradient of the '
+                               'expected harm (harm in [0, 1]) at position t, noise-corrected '
+                               'in figures.json'))
   if measured('harm_information'):
     plots.plot_profile(report, 'harm_information', 'harm information I_t = E[D_t^2] (harm^2)',
                        'Harm information per position', out('harm_information.png'),
-                       se_key='harm_information_se')
+                       se_key='harm_information_se',
+                       note=note('I_t in harm^2 (harm in [0, 1]); sum_t I_t = Var(h)'))
   if measured('harm_horizon_hist'):
-    plots.plot_horizon(report, out('harm_horizon_hist.png'))
-  if curves:
-    plots.plot_training_curves(curves, out('training_curves.png'))
+    plots.plot_horizon(report, out('harm_horizon_hist.png'),
+                       note('tau in response positions'))
+  if measured('benign_helpfulness'):
+    plots.plot_benign(report, out('benign_helpfulness.png'),
+                      note('fractions of held-out benign prompts; bars: ±2 SE'))
+  by_kind: dict[str, dict[str, list]] = {}
+  for name, rows in curves.items():
+    kind = (kinds or {}).get(name) or infer_kind(rows)
+    by_kind.setdefault(plots.KIND_OF.get(kind, kind), {})[name] = rows
+  for kind, runs in by_kind.items():
+    plots.plot_training_curves(runs, out(training_plot_name(kind)), kind=kind,
+                               title=f'Training curves: {KIND_TITLES.get(kind, kind)}',
+                               note=note('x: steps as in metrics.jsonl'))
   atomic_files.write_json_atomic(os.path.join(out_dir, 'report.json'), report)
   atomic_files.write_text_atomic(os.path.join(out_dir, 'report.md'),
                                  _markdown(title, report, written))

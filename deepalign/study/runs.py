@@ -5,6 +5,7 @@ data's refusal / self-correction rates, `model.init_from` = the run it starts fr
 `rl.reward_from` = the study's reward model, all inside the study's workdir.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -126,10 +127,28 @@ def is_finished(run_dir: str, num_steps: int) -> bool:
     return int(json.load(f).get('step', -1)) == num_steps
 
 
+# Seconds each kind of run takes on 2 quiet CPU cores (the README's machine): a fixed part
+# (jax start-up, compiling, the final eval and export) and a part per training step. They only
+# weigh the stages of the progress display's ETA against each other; the display rescales
+# them by how long the finished stages really took on this machine.
+PRIOR_SECONDS: dict[str, tuple[float, float]] = {
+    'sft': (15.0, 0.02), 'reward_model': (12.0, 0.03), 'dpo': (20.0, 0.08),
+    'ppo': (30.0, 0.35), 'ppo_recovery': (40.0, 0.55),
+}
+
+
+def prior_seconds(run: Run, stage: ml_collections.ConfigDict) -> float:
+  """The expected seconds of `run` (its stage config `stage`) on the reference machine."""
+  fixed, per_step = PRIOR_SECONDS.get(run.config_file, (20.0, 0.1))
+  return fixed + per_step * int(stage.train.num_steps)
+
+
 def train_all(runs: list[Run], config: ml_collections.ConfigDict, workdir: str,
-              train_fn: Callable[[ml_collections.ConfigDict, str], Any]
-              ) -> tuple[dict[str, float], Any]:
-  """Trains every run not yet finished, in order, with `train_fn(config, run_dir)` (main.run).
+              train_fn: Callable[[ml_collections.ConfigDict, str], Any],
+              progress: Any = None) -> tuple[dict[str, float], Any]:
+  """Trains every run not yet finished, in order, with `train_fn(config, run_dir)`
+  (deepalign.train.run_stage.train_stage); each run is a stage of `progress` (a
+  deepalign.console.Progress listing every run; None: no display), logging to DIR/<run>/log.txt.
 
   Returns ({run name: seconds spent in this call}, the result of a preempted run or None). A
   preempted run stops the study: re-running the command resumes it from its checkpoint.
@@ -140,12 +159,16 @@ def train_all(runs: list[Run], config: ml_collections.ConfigDict, workdir: str,
     c = stage_config(run, config, workdir)
     if is_finished(run_dir, int(c.train.num_steps)):
       logging.info('toy study: %s already finished; skipping', run.name)
+      if progress is not None:
+        progress.skip(run.name)
       seconds[run.name] = 0.0
       continue
     logging.info('toy study: training %s (configs/%s.py:%s) in %s', run.name, run.config_file,
                  run.preset, run_dir)
     start = time.perf_counter()
-    result = train_fn(c, run_dir)
+    with (progress.stage(run.name, log_path=os.path.join(run_dir, 'log.txt'))
+          if progress is not None else contextlib.nullcontext()):
+      result = train_fn(c, run_dir)
     seconds[run.name] = time.perf_counter() - start
     if getattr(result, 'preempted', False):
       return seconds, result

@@ -35,22 +35,47 @@ def _synthetic(shallow: bool) -> dict:
 
 
 def _metrics(tmp_path, name):
+  """A PPO run's metrics.jsonl (the keys deepalign/train/rl writes)."""
   run = tmp_path / name
   run.mkdir()
-  rows = [{'step': s, 'reward': -1.0 + 0.1 * s, 'kl': 0.01 * s, 'clipfrac': None}
-          for s in range(20)]
+  rows = [{'step': s, 'train/reward/mean': -1.0 + 0.1 * s, 'train/kl': 0.01 * s,
+           'train/harm/harmful_prompts': 0.5 - 0.02 * s, 'train/recovery/harm_rate': 0.9 - 0.03 * s,
+           'train/policy/entropy': 1.0, 'train/clipfrac': None, 'train/loss/value': 0.1,
+           'train/advantages/mean': 1e-7} for s in range(20)]
   # The last line was cut by a kill mid-write: the reader skips it.
   (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 2')
   return str(run)
 
 
-def test_report_files_and_schema(tmp_path):
+def _legends(monkeypatch) -> list[tuple[str, list[str] | None]]:
+  """Records (panel title, legend labels or None) of every visible axes of each saved figure."""
+  from deepalign.analysis import plots
+  panels = []
+  save = plots._save
+
+  def recording(fig, path, caption=''):
+    panels.append(('caption', [caption]))
+    for ax in fig.axes:
+      if ax.axison:
+        legend = ax.get_legend()
+        panels.append((ax.get_title(), [t.get_text() for t in legend.get_texts()] if legend
+                       else None))
+    save(fig, path, caption)
+
+  monkeypatch.setattr(plots, '_save', recording)
+  return panels
+
+
+def test_report_files_and_schema(tmp_path, monkeypatch):
   out = tmp_path / 'study'
-  results = {'ppo': _synthetic(True), 'ppo_recovery': _synthetic(False)}
+  panels = _legends(monkeypatch)
+  names = ['base', 'ppo', 'ppo_recovery', 'dpo', 'sft_recovery']
+  results = {n: _synthetic(n != 'ppo_recovery') for n in names}
   metrics = {'ppo': _metrics(tmp_path, 'ppo'), 'ppo_recovery': _metrics(tmp_path, 'rec')}
-  report.write_report(results, str(out), metrics=metrics)
+  report.write_report(results, str(out), metrics=metrics, seed=3,
+                      kinds={'ppo': 'ppo', 'ppo_recovery': 'ppo_recovery'})
   data = json.loads((out / 'report.json').read_text())
-  assert set(data) == {'ppo', 'ppo_recovery'}
+  assert sorted(data) == sorted(names)
   for name, entry in data.items():
     assert set(report.REQUIRED_KEYS) <= set(entry)
     assert list(entry['asr_at_k']) == ['0', '1', '3']
@@ -66,7 +91,7 @@ def test_report_files_and_schema(tmp_path):
   pngs = sorted(os.listdir(out / 'plots'))
   assert pngs == sorted(['asr_vs_prefill_depth.png', 'kl_per_position.png',
                          'grad_norm_per_position.png', 'harm_information.png',
-                         'harm_horizon_hist.png', 'training_curves.png'])
+                         'harm_horizon_hist.png', 'benign_helpfulness.png', 'training_ppo.png'])
   for png in pngs:
     blob = (out / 'plots' / png).read_bytes()
     assert blob[:8] == b'\x89PNG\r\n\x1a\n' and len(blob) > 10_000, png
@@ -74,6 +99,21 @@ def test_report_files_and_schema(tmp_path):
   for png in pngs:
     assert f'(plots/{png})' in md
   assert '| ppo | 0.020 | 0.900 |' in md  # ASR@0 and ASR@max k in the summary table
+  # Every panel has a legend; the PPO panels draw reward, KL and harm on both kinds of rollout.
+  assert panels and all(labels for _, labels in panels), [t for t, l in panels if not l]
+  captions = [c for title, (c, *_) in panels if title == 'caption']
+  assert len(captions) == 7 and all(c.endswith('seed 3') for c in captions), captions
+  titles = {title: labels for title, labels in panels}
+  for title in ('reward of ordinary rollouts', 'KL to the reference',
+                'harm on ordinary rollouts (harmful prompts)',
+                'harm on recovery rollouts (after a harmful prefix)'):
+    assert titles[title] == ['ppo', 'ppo_recovery'], title
+  assert not any('advantages' in t for t in titles)  # ~0 by construction: not a chosen metric
+  # base / ppo / ppo_recovery in panels of their own, the other models in a second row.
+  grads = [labels for title, labels in panels if title.startswith('objective E[h]')]
+  assert grads == [['base', 'ppo', 'ppo_recovery'], ['dpo', 'sft_recovery']]
+  kl = [labels for title, labels in panels if title in ('base, ppo, ppo_recovery', 'the other models')]
+  assert kl[:2] == [['base', 'ppo', 'ppo_recovery'], ['dpo', 'sft_recovery']]
 
 
 def test_entry_from_estimates_round_trips_through_the_report(tmp_path):
@@ -94,7 +134,7 @@ def test_entry_from_estimates_round_trips_through_the_report(tmp_path):
   assert data['m']['grad_norm_recovery_per_position'] is None
   assert data['m']['harm_horizon_mean'] == pytest.approx(1.5)
   assert json.loads((tmp_path / 'report.json').read_text()) == data
-  assert not (tmp_path / 'plots' / 'training_curves.png').exists()
+  assert not [f for f in os.listdir(tmp_path / 'plots') if f.startswith('training_')]
 
 
 def test_report_rejects_incomplete_results(tmp_path):
@@ -108,3 +148,22 @@ def test_report_rejects_incomplete_results(tmp_path):
     report.write_report({'m': _synthetic(True)}, str(tmp_path), metrics={'m': str(tmp_path / 'x')})
   assert not (tmp_path / 'report.json').exists()  # nothing half-written
   assert not (tmp_path / 'plots').exists()
+
+
+def _legends(monkeypatch) -> list[tuple[str, list[str]]]:
+  """Records (panel title, legend labels) of every axes each figure saved has."""
+  from deepalign.analysis import plots
+  panels = []
+  save = plots._save
+
+  def recording(fig, path, caption=''):
+    panels.append(('caption', [caption]))
+    for ax in fig.axes:
+      if ax.axison:
+        legend = ax.get_legend()
+        panels.append((ax.get_title(), [t.get_text() for t in legend.get_texts()] if legend else None))
+    save(fig, path, caption)
+
+  monkeypatch.setattr(plots, '_save', recording)
+  return panels
+

@@ -38,9 +38,10 @@ def test_the_study_writes_its_report(study_dir):
     assert len(entry['kl_per_position']) == len(entry['grad_norm_per_position']) == 12
   assert report['base']['kl_per_position'] == [0.0] * 12  # the base against itself
   for plot in ('asr_vs_prefill_depth', 'kl_per_position', 'grad_norm_per_position',
-               'harm_information', 'harm_horizon_hist', 'training_curves'):
+               'harm_information', 'harm_horizon_hist', 'benign_helpfulness', 'training_sft',
+               'training_ppo'):
     assert os.path.getsize(os.path.join(study_dir, 'plots', f'{plot}.png')) > 1000
-  assert '## The issue\'s claims' in open(os.path.join(study_dir, 'report.md')).read()
+  assert '## The papers\' claims' in open(os.path.join(study_dir, 'report.md')).read()
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ last line is one JSON object.
 """
 
 import json
+import sys
 
 from absl import app, flags
 import jax
@@ -56,8 +57,9 @@ def main(argv):
   del argv
   try:
     result = run(PROMPTS.value, ITERS.value, WARMUP.value, _SEED.value)
-  except UserError as e:
-    raise app.UsageError(str(e)) from None
+  except UserError as e:  # one line, status 2, like every entry point (not absl's usage text)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(f'deepalign generate: {result["median_s"]:.4f} s/call (median of {result["iters"]}), '
         f'{result["tokens_per_s"]:.0f} tokens/s, first call {result["first_call_s"]:.2f} s')
   print(matmul_work.format_work(result))

@@ -19,11 +19,26 @@ def _to_python(value) -> float | int | None:
   return value
 
 
+def _append_line(path: str, line: str) -> None:
+  """One write(2) of the whole line to a file opened O_APPEND: a kill leaves the line whole or
+  absent (a write of a few hundred bytes to a local file is not split), never half of it."""
+  data = line.encode('utf-8')
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    written = os.write(fd, data)
+    while written < len(data):  # only on a full disk or a signal; finish the line
+      written += os.write(fd, data[written:])
+  finally:
+    os.close(fd)
+
+
 class MetricsWriter:
   """Appends `{"step": s, name: value, ...}` lines; mirrors every scalar to TensorBoard.
 
   On resume from step `resume_step`, lines after it (written by the interrupted run
-  past its last checkpoint) are dropped, so the file matches an uninterrupted run.
+  past its last checkpoint) are dropped, so the file matches an uninterrupted run. Each line is
+  appended with one write(2), so a kill never leaves half a line (older files may end in one
+  from before: it is dropped on resume).
   Only process 0 writes.
   """
 
@@ -59,8 +74,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {'step': int(step), **{k: _to_python(v) for k, v in sorted(metrics.items())}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    _append_line(self.path, json.dumps(row) + '\n')
     if self._tb is not None:
       for name, value in row.items():
         if name != 'step' and value is not None:

@@ -40,6 +40,15 @@ def run(dataset: str, config: str | None, manual_dir: str | None, data_dir: str,
   return "\n".join(lines)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag reported like every other user error: one line, status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
   del argv
   try:
@@ -50,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -124,12 +124,14 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
                                      batch['recovery_prompt_mask'], width, pad)
     rec_prompts, rec_mask = jnp.repeat(rec_prompts, g, axis=0), jnp.repeat(rec_mask, g, axis=0)
     harmful_response = jnp.repeat(batch['recovery_harmful_response'], g, axis=0)
-    harmful_len = jnp.repeat(batch['recovery_harmful_response_len'], g, axis=0)
     # Leave at least one token for the policy: a fully forced response has nothing to learn.
-    harmful_len = jnp.minimum(harmful_len, spec.sampling.max_new_tokens - 1)
-    depth = recovery_lib.sample_prefill_depth(
+    harmful_len = jnp.minimum(batch['recovery_harmful_response_len'],
+                              spec.sampling.max_new_tokens - 1)
+    # One depth per prompt, shared by its G rollouts: a GRPO group's baseline compares
+    # continuations of the same start state (drawn after the repeat, a group mixed depths).
+    depth = jnp.repeat(recovery_lib.sample_prefill_depth(
         rng_depth, harmful_len, spec.depth_distribution, spec.max_depth, spec.depth_p,
-        spec.depths, spec.min_depth)
+        spec.depths, spec.min_depth), g, axis=0)
     rec = generate(policy, params, rec_prompts, rec_mask, rng_rec, spec.sampling,
                    forced_tokens=harmful_response, forced_len=depth)
     ones = jnp.ones(rec_prompts.shape[0], bool)

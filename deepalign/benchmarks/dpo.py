@@ -88,15 +88,10 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
   step = make_train_step(make_loss(model), tx, optax.constant_schedule(LEARNING_RATE))
   batch = jax.tree.map(jnp.asarray, pair_batch(workload.prompts(sizes, prompts_path),
                                                sizes.new_tokens, sizes.vocab))
-  holder = {'state': TrainState.create(params, tx, jax.random.key(seed + 3))}
-
-  def call(i: int):
-    del i
-    holder['state'], holder['metrics'] = step(holder['state'], reference, batch)
-    return holder['state'], holder['metrics']
-
-  timings = timing.time_calls(call, iters, warmup)
-  bad = [k for k, v in holder['metrics'].items() if not np.all(np.isfinite(np.asarray(v)))]
+  timings, _, metrics = timing.time_state_steps(
+      step, TrainState.create(params, tx, jax.random.key(seed + 3)), (reference, batch), iters,
+      warmup)
+  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
   if bad:
     raise RuntimeError(f'non-finite DPO metrics: {bad}')
   return {
@@ -105,7 +100,7 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
       'iters': iters, 'warmup': warmup,
       'seconds_per_step': timings.median, **timings.summary('step'),
       'first_call_s': timings.first_call_s,
-      'loss': float(holder['metrics']['loss']),
+      'loss': float(metrics['loss']),
       **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes), timings.median, peak),
       'peak_rss_mb': timing.peak_rss_mb(),
   }

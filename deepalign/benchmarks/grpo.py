@@ -100,16 +100,8 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
   peak = matmul_work.measure_matmul_peak()  # first, before this process holds other programs
   models, config, tx, state, batch = build(sizes, seed, prompts_path)
   step = make_grpo_step(models, config, tx)
-  holder = {'state': state}
-
-  def call(i: int):
-    del i  # the step folds its own counter into the key
-    holder['state'], metrics = step(holder['state'], batch)
-    holder['metrics'] = metrics
-    return holder['state'], metrics
-
-  timings = timing.time_calls(call, iters, warmup)
-  _check_metrics(holder['metrics'], sizes.new_tokens)
+  timings, state, metrics = timing.time_state_steps(step, state, (batch,), iters, warmup)
+  _check_metrics(metrics, sizes.new_tokens)
   median = timings.median
   flops = step_flops(sizes)
   return {

@@ -136,16 +136,8 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
   peak = matmul_work.measure_matmul_peak()  # first, before this process holds other programs
   models, config, tx, state, batch = build(sizes, seed, prompts_path)
   step = make_ppo_step(models, config, tx)
-  holder = {'state': state}
-
-  def call(i: int):
-    del i  # the step folds its own counter into the key
-    holder['state'], metrics = step(holder['state'], batch)
-    holder['metrics'] = metrics
-    return holder['state'], metrics
-
-  timings = timing.time_calls(call, iters, warmup)
-  _check_metrics(holder['metrics'], sizes.new_tokens)
+  timings, state, metrics = timing.time_state_steps(step, state, (batch,), iters, warmup)
+  _check_metrics(metrics, sizes.new_tokens)
   median = timings.median
   flops = matmul_work.ppo_iteration_flops(sizes, config.rollout.logprobs_from_sampler,
                                           config.epochs)
@@ -159,7 +151,7 @@ def run(sizes: workload.Sizes, iters: int = 7, warmup: int = 2, seed: int = 0,
       **matmul_work.work_figures(flops['total'], median, peak),
   }
   if pieces:
-    result.update(time_pieces(models, config, tx, holder['state'], batch, iters, warmup, flops))
+    result.update(time_pieces(models, config, tx, state, batch, iters, warmup, flops))
     result['shares_from'] = ('separately-jitted pieces: sample_episodes; reward/judge + '
                              'old/ref/value forwards + GAE; minibatch updates')
   result['peak_rss_mb'] = timing.peak_rss_mb()

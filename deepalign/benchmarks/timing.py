@@ -56,6 +56,20 @@ def time_calls(call: Callable[[int], Any], iters: int, warmup: int) -> Timings:
   return Timings(times=tuple(times), cpu_times=tuple(cpu_times), first_call_s=first_call_s)
 
 
+def time_state_steps(step: Callable[..., tuple[Any, Any]], state: Any, args: tuple,
+                     iters: int, warmup: int) -> tuple[Timings, Any, Any]:
+  """Times `state, metrics = step(state, *args)`, each call taking the state the last one
+  returned (the train steps donate it); returns the Timings, the last state and its metrics."""
+  holder = {'state': state, 'metrics': None}
+
+  def call(i: int):
+    del i  # the steps fold their own step counter into their keys
+    holder['state'], holder['metrics'] = step(holder['state'], *args)
+    return holder['state'], holder['metrics']
+
+  return time_calls(call, iters, warmup), holder['state'], holder['metrics']
+
+
 def peak_rss_mb() -> float:
   """Peak resident set size of this process (ru_maxrss is in KiB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,13 +1,14 @@
 """The PPO and GRPO steps give the same result on 1 device and on 8 simulated CPU devices."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])  # tests/train/rl/ -> the repository
 
 CODE = """
 import importlib.util, json

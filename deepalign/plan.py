@@ -44,16 +44,22 @@ from ml_collections import config_flags
 
 from deepalign.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'configs/FILE.py[:PRESET]; override any field with --config.a.b=value',
-    lock_config=False)
-_TOPOLOGY = flags.DEFINE_string('topology', '', "the slice (parallel/topology.py: v5e-8, v5e-16, "
-                                "v5p-32, v6e-8, cpu); default: the config's parallel.topology")
-_HBM_GIB = flags.DEFINE_float('hbm_gib', 0.0, 'memory per device to fit in, GiB; default: the chip\'s HBM')
-_NUM_LAYERS = flags.DEFINE_integer('num_layers', 0, 'every model cut to this many layers (0 = as in '
-                                   'config.json): a quick plan of the same architecture')
-_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 0, 'every model\'s vocabulary cut to this size (0 = as '
-                                   'in config.json)')
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs as a program (`python -m deepalign.plan`), so that
+  importing this module (tests, tools) claims no absl flag name: `--config` is also
+  `deepalign.main`'s, and absl refuses a name defined twice in one process."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'configs/FILE.py[:PRESET]; override any field with --config.a.b=value',
+      lock_config=False)
+  flags.DEFINE_string('topology', '', "the slice (parallel/topology.py: v5e-8, v5e-16, "
+                      "v5p-32, v6e-8, cpu); default: the config's parallel.topology")
+  flags.DEFINE_float('hbm_gib', 0.0, 'memory per device to fit in, GiB; default: the chip\'s HBM')
+  flags.DEFINE_integer('num_layers', 0, 'every model cut to this many layers (0 = as in '
+                       'config.json): a quick plan of the same architecture')
+  flags.DEFINE_integer('vocab_size', 0, 'every model\'s vocabulary cut to this size (0 = as '
+                       'in config.json)')
+
 
 # Set in the re-run child: the device count it was started with.
 _CHILD_ENV = 'DEEPALIGN_PLAN_DEVICES'
@@ -370,7 +376,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     sys.path.insert(0, root)
   try:
     rest = flags.FLAGS(argv)
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     if config is None or not hasattr(config, 'stage'):
       raise flags.Error(f'--config={spec} did not load')
   except SystemExit:
@@ -386,17 +392,17 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments {" ".join(argv[1:])}; flags look like --config.a.b=value')
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   try:
     from deepalign.parallel import topology as topology_lib
-    topology = topology_lib.get_topology(_TOPOLOGY.value or str(config.parallel.get('topology', 'cpu')))
+    topology = topology_lib.get_topology(flags.FLAGS.topology or str(config.parallel.get('topology', 'cpu')))
     # jax must start with the topology's device count ('cpu': the devices this process has)
     if topology.chips and os.environ.get(_CHILD_ENV) != str(topology.chips):
       proc = subprocess.run([sys.executable, '-m', 'deepalign.plan', *sys.argv[1:]],
                             env=_child_env(topology.chips), check=False)
       sys.exit(proc.returncode)
-    result = run_plan(config, _config_spec(sys.argv), topology.name, _HBM_GIB.value,
-                      _NUM_LAYERS.value, _VOCAB_SIZE.value)
+    result = run_plan(config, _config_spec(sys.argv), topology.name, flags.FLAGS.hbm_gib,
+                      flags.FLAGS.num_layers, flags.FLAGS.vocab_size)
   except UserError as e:
     _fail(str(e))
   for line in report_lines(result):
@@ -406,4 +412,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=parse_flags)

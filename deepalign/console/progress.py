@@ -160,6 +160,8 @@ class Progress:
     s = self._current
     if s is not None:
       s.anchor, s.total = (step, self._clock()), total
+      if step > 0:  # a person must see that the run did not start over
+        self._console.note(f'{self._head(s)}: resuming at step {step} of {total}')
 
   @contextlib.contextmanager
   def stage(self, name: str, log_path: str | None = None) -> Iterator['Progress']:

@@ -68,7 +68,8 @@ def test_exact_judge_depths_kl_and_samples(checkpoints, tmp_path):
   assert set(report['a']['kl_per_position']) == {0.0}
   kl_b = report['b']['kl_per_position']
   assert all(v > 0 for v in kl_b[:9]) and all(v == 0 for v in kl_b[9:])
-  assert sorted(os.listdir(tmp_path / 'plots')) == ['asr_vs_prefill_depth.png', 'kl_per_position.png']
+  assert sorted(os.listdir(tmp_path / 'plots')) == ['asr_vs_prefill_depth.png', 'benign_helpfulness.png',
+                                                      'kl_per_position.png']
   with open(tmp_path / 'samples.jsonl') as f:
     samples = [json.loads(line) for line in f]
   assert len(samples) == 2 * (3 + 1) * 2  # models x (depths + benign) x samples_written

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from deepalign.analysis import report as report_lib
 from deepalign.analysis import tabular_study
 
 
@@ -28,4 +29,6 @@ def test_standard_alignment_is_shallow_and_recovery_is_deep(tmp_path):
   for run in ('aligned_standard', 'aligned_recovery'):
     rows = (tmp_path / run / 'metrics.jsonl').read_text().splitlines()
     assert len(rows) == 30 and json.loads(rows[-1])['harm'] < json.loads(rows[0])['harm']
-  assert (tmp_path / 'plots' / 'training_curves.png').exists()
+  # The training curves of the tabular runs, under the name the report gives their kind.
+  kind = report_lib.infer_kind([json.loads(r) for r in rows])
+  assert (tmp_path / 'plots' / report_lib.training_plot_name(kind)).exists()

@@ -14,10 +14,14 @@ from deepalign.console import Console, format_duration, logs, wants_full_log
 @pytest.fixture(autouse=True)
 def _info_records():
   """absl's logger at INFO, as `python -m deepalign.main` leaves it after parsing its flags."""
-  before = absl_logging.get_verbosity()
+  # Restore the logger's own level, not get_verbosity()'s: an unset level (0, inherit the root's)
+  # reads as verbosity -1, and setting -1 back would pin absl at WARNING for every later test in
+  # this worker (tests/train/test_checkpointing.py then lost its INFO records).
+  absl_logger = logging.getLogger('absl')
+  before = absl_logger.level
   absl_logging.set_verbosity(absl_logging.INFO)
   yield
-  absl_logging.set_verbosity(before)
+  absl_logger.setLevel(before)
 
 
 class _Clock:

@@ -31,8 +31,10 @@ def invoke(workdir: pathlib.Path, devices: int, *extra: str) -> subprocess.Compl
   """`deepalign.main` with the TINY flags + `extra` on `devices` simulated CPU devices."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
+  # --verbosity=0: the full absl log on stderr (the tests read the mesh and resume records),
+  # not only the console's progress lines.
   return subprocess.run([sys.executable, '-m', 'deepalign.main', *TINY, *extra,
-                         f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True,
+                         f'--workdir={workdir}', '--verbosity=0'], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
 
 

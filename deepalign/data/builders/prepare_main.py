@@ -18,11 +18,16 @@ from absl import app, flags
 from deepalign.data.builders import BUILDERS, prepare
 from deepalign.errors import UserError
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Which builder to run.", required=True)
-_CONFIG = flags.DEFINE_string("config", None, "Builder config name (default: the builder's first config).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory holding the released files (not for harm_language).")
-_DATA_DIR = flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "TFDS data dir to write to.")
-_ON_BAD_ROW = flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"], "Stop at a malformed row, or skip and count.")
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs as a program, so that importing `run` (tests,
+  scripts) claims no absl flag name: `--config` is also `deepalign.main`'s, and absl refuses a
+  name defined twice in one process."""
+  flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Which builder to run.", required=True)
+  flags.DEFINE_string("config", None, "Builder config name (default: the builder's first config).")
+  flags.DEFINE_string("manual_dir", None, "Directory holding the released files (not for harm_language).")
+  flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "TFDS data dir to write to.")
+  flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"], "Stop at a malformed row, or skip and count.")
 
 
 def run(dataset: str, config: str | None, manual_dir: str | None, data_dir: str, on_bad_row: str) -> str:
@@ -52,11 +57,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   del argv
   try:
-    print(run(_DATASET.value, _CONFIG.value, _MANUAL_DIR.value, _DATA_DIR.value, _ON_BAD_ROW.value))
+    f = flags.FLAGS
+    print(run(f.dataset, f.config, f.manual_dir, f.data_dir, f.on_bad_row))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -59,9 +59,11 @@ def make_pieces(models: RLModels, config: ppo_lib.PPOConfig, tx: optax.GradientT
 
   def update(params, opt_state, data, key):
     def loss_fn(params, mb):
-      logits, _ = rl_episodes.response_logits(models.policy, params['policy'], mb['episodes'])
+      logprobs, entropy, _ = rl_episodes.response_token_stats(
+          models.policy, params['policy'], mb['episodes'], spec.sampling.temperature,
+          spec.logits_chunk_size, ppo_lib.entropy_mode(config), **spec.sampling.filters)
       values = rl_episodes.response_values(models.value, params['value'], mb['episodes'])
-      return ppo_lib.ppo_loss(logits, values, mb, config, config.kl_coef)
+      return ppo_lib.ppo_loss(logprobs, entropy, values, mb, config, config.kl_coef)
     return rl_minibatches.optimize(params, opt_state, data, key, loss_fn, tx, config.epochs,
                                    config.minibatches)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from deepalign import models
+from deepalign import models, parallel
 from deepalign.errors import UserError
 from deepalign.models import hf_config
 
@@ -46,8 +46,22 @@ def checkpoint_dir(config: ml_collections.ConfigDict) -> str:
   return config.model.hf_dir
 
 
+def _scan_layers(config: ml_collections.ConfigDict) -> bool:
+  """`config.model.scan_layers` (False where the config has no such field)."""
+  return bool(config.model.get('scan_layers', False))
+
+
+def _mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """The run's mesh and logical-axis rules from `config.parallel`, or (None, None) without one."""
+  section = config.get('parallel', None)
+  if section is None:
+    return None, None
+  return parallel.mesh_from_config(section), section.get('rules', parallel.DEFAULT_RULES)
+
+
 def fresh_config(config: ml_collections.ConfigDict, tokenizer: Any, head: str) -> models.ModelConfig:
   values = {k: config.model[k] for k in ARCH_FIELDS}
+  values['scan_layers'] = _scan_layers(config)
   values['vocab_size'] = values['vocab_size'] or tokenizer.vocab_size
   if values['head_dim'] == 0:
     values['head_dim'] = None
@@ -80,10 +94,14 @@ def build(config: ml_collections.ConfigDict, tokenizer: Any, head: str = 'lm'
                                              param_dtype=config.model.param_dtype)
     loaded = None
   else:
+    # Straight into the run's mesh layout: each process reads only its parameters' slices.
+    mesh, rules = _mesh_and_rules(config)
     loaded_model, loaded = models.from_pretrained(source, dtype=config.model.dtype,
-                                                  param_dtype=config.model.param_dtype)
+                                                  param_dtype=config.model.param_dtype,
+                                                  mesh=mesh, rules=rules,
+                                                  scan_layers=_scan_layers(config))
     loaded_config = loaded_model.config
-  cfg = loaded_config.replace(remat=config.model.remat)
+  cfg = loaded_config.replace(remat=config.model.remat, scan_layers=_scan_layers(config))
   if cfg.head != head:
     cfg = cfg.replace(head=head, num_labels=1)
   model = models.Transformer(cfg)
@@ -130,7 +148,8 @@ def _check_vocab(tokenizer: Any, cfg: models.ModelConfig) -> None:
 def export(model: models.Transformer, params: PyTree, workdir: str) -> str:
   """Writes DIR/export (an HF checkpoint `transformers` loads) and returns its path."""
   out = os.path.join(workdir, 'export')
-  models.save_pretrained(model, jax.device_get(params), out)
+  # Not device_get: save_pretrained gathers one tensor at a time (multi-host too).
+  models.save_pretrained(model, params, out)
   return out
 
 

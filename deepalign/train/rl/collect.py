@@ -4,8 +4,6 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 
-from deepalign.objectives.entropy import entropy_from_logits
-from deepalign.rollout.logprobs import token_logprobs
 from deepalign.train.rl import episodes as rl_episodes
 from deepalign.train.rl.episodes import Episodes, RolloutSpec, Scores
 from deepalign.train.rl.state import RLModels, RLState
@@ -44,18 +42,20 @@ def collect_from_episodes(models: RLModels, params: Mapping[str, Any],
   policy_params = params['policy']
   scores = rl_episodes.score_episodes(models.reward, frozen['reward'], models.judge,
                                       frozen['judge'], episodes, n_ordinary, spec)
-  temperature = spec.sampling.temperature
+  temperature, chunk = spec.sampling.temperature, spec.logits_chunk_size
   ref_logprobs = rl_episodes.response_logprobs(models.policy, frozen['reference'], episodes,
-                                               temperature)
+                                               temperature, chunk)
   old_hidden = None
-  if spec.logprobs_from_sampler:
+  # With top-k / top-p the policy is the filtered distribution (rollout/logprobs.py); a full
+  # forward's logits differ from the KV cache's by rounding, which can move a sampled token
+  # just out of the kept set (log-prob -1e30, a k1 penalty of 1e30): take the sampler's.
+  if spec.logprobs_from_sampler or spec.sampling.filtered:
     old_logprobs, old_entropy = episodes.sampler_logprobs, episodes.sampler_entropy
     if models.value is None and 'value' in params:
       # A value head on the policy's trunk still needs the trunk's hidden states.
       old_hidden = rl_episodes.response_hidden(models.policy, policy_params, episodes)
   else:
-    old_logits, old_hidden = rl_episodes.response_logits(models.policy, policy_params, episodes)
-    old_logprobs = token_logprobs(old_logits, episodes.tokens, temperature)
-    old_entropy = entropy_from_logits(old_logits, temperature)
+    old_logprobs, old_entropy, old_hidden = rl_episodes.response_token_stats(
+        models.policy, policy_params, episodes, temperature, chunk, entropy='value')
   return Collected(episodes, scores, old_entropy, old_hidden, old_logprobs, ref_logprobs,
                    n_ordinary)

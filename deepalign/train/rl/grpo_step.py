@@ -17,7 +17,6 @@ from deepalign.errors import UserError
 from deepalign.objectives import aggregation as agg
 from deepalign.objectives import grpo as grpo_lib
 from deepalign.objectives import kl as kl_lib
-from deepalign.rollout.logprobs import token_logprobs
 from deepalign.train.rl import collect as rl_collect
 from deepalign.train.rl import episodes as rl_episodes
 from deepalign.train.rl import minibatches as rl_minibatches
@@ -56,13 +55,13 @@ class GRPOConfig:
         raise UserError(f'grpo.{name}={getattr(self, name)} must be >= 1.')
 
 
-def grpo_minibatch_loss(logits: jax.Array, mb: Mapping[str, Any], config: GRPOConfig
+def grpo_minibatch_loss(logprobs: jax.Array, mb: Mapping[str, Any], config: GRPOConfig
                         ) -> tuple[jax.Array, dict]:
-  """The GRPO loss from the policy's response logits [E, N, V]; only `generated_mask` tokens
-  count. mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'advantages' [E]."""
+  """The GRPO loss from the policy's log-probs of the response tokens [E, N] (of the
+  sampler's distribution: `response_token_stats`); only `generated_mask` tokens count.
+  mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'advantages' [E]."""
   episodes = mb['episodes']
   mask = episodes.generated_mask
-  logprobs = token_logprobs(logits, episodes.tokens, config.rollout.sampling.temperature)
   loss, metrics = grpo_lib.grpo_loss(
       logprobs, mb['advantages'], mask, old_logprobs=mb['old_logprobs'],
       ref_logprobs=mb['ref_logprobs'], beta=config.beta, clip_eps=config.clip_eps,
@@ -81,8 +80,12 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
   """
 
   def minibatch_loss(params: PyTree, mb: dict) -> tuple[jax.Array, dict]:
-    logits, _ = rl_episodes.response_logits(models.policy, params['policy'], mb['episodes'])
-    return grpo_minibatch_loss(logits, mb, config)
+    sampling = config.rollout.sampling
+    # The sampler's (filtered, when top_k / top_p are on) distribution is the policy.
+    logprobs, _, _ = rl_episodes.response_token_stats(
+        models.policy, params['policy'], mb['episodes'], sampling.temperature,
+        config.rollout.logits_chunk_size, **sampling.filters)
+    return grpo_minibatch_loss(logprobs, mb, config)
 
   def step(state: RLState, batch: Mapping[str, jax.Array]) -> tuple[RLState, dict]:
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))

@@ -16,13 +16,11 @@ import optax
 
 from deepalign.errors import UserError
 from deepalign.objectives import aggregation as agg
-from deepalign.objectives import entropy as entropy_lib
 from deepalign.objectives import gae as gae_lib
 from deepalign.objectives import kl as kl_lib
 from deepalign.objectives import ppo as ppo_lib
 from deepalign.objectives import token_rewards
 from deepalign.objectives import whitening
-from deepalign.rollout.logprobs import token_logprobs
 from deepalign.train.rl import collect as rl_collect
 from deepalign.train.rl import episodes as rl_episodes
 from deepalign.train.rl import minibatches as rl_minibatches
@@ -82,9 +80,26 @@ def kl_per_sequence(kl: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(mask > 0, kl, 0.0), axis=1)
 
 
-def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config: PPOConfig,
-             kl_coef: jax.Array | float) -> tuple[jax.Array, dict]:
-  """The PPO minibatch loss from the policy's response logits [E, N, V] and values [E, N].
+def masked_kl(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
+              estimator: str) -> jax.Array:
+  """The per-token KL estimate [E, N] on the mask, 0 (with zero gradient) elsewhere.
+
+  The inputs are zeroed off the mask BEFORE the estimate: a forced token the sampler's top-k /
+  top-p dropped has log-prob -1e30, whose k3 is inf, and inf * 0 is nan in the backward. A
+  generated token the updated (filtered) policy no longer keeps has probability 0: its
+  importance weight pi_theta / pi_old is 0, so it drops out of the KL term too.
+  """
+  kept = (mask > 0) & (logprobs > kl_lib.DROPPED_LOGPROB)
+  kl = kl_lib.kl_estimate(jnp.where(kept, logprobs, 0.0), jnp.where(kept, ref_logprobs, 0.0),
+                          estimator)
+  return jnp.where(kept, kl, 0.0)
+
+
+def ppo_loss(logprobs: jax.Array, token_entropy: jax.Array, values: jax.Array,
+             mb: Mapping[str, Any], config: PPOConfig, kl_coef: jax.Array | float
+             ) -> tuple[jax.Array, dict]:
+  """The PPO minibatch loss from the policy's log-probs and entropies at the response tokens
+  [E, N] (of the sampler's distribution: `response_token_stats`) and values [E, N].
 
   pg + vf_coef * vf - entropy_coef * H (+ beta * KL when kl_penalty_in == 'loss'), every term
   aggregated over `generated_mask` only: prefilled (forced) tokens and padding get no gradient.
@@ -95,19 +110,16 @@ def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config
   """
   episodes = mb['episodes']
   mask = episodes.generated_mask
-  temperature = config.rollout.sampling.temperature
-  logprobs = token_logprobs(logits, episodes.tokens, temperature)
   norm = rl_minibatches.loss_normalizer(config.aggregation, mask)
   pg, pg_metrics = ppo_lib.policy_loss(logprobs, mb['old_logprobs'], mb['advantages'], mask,
                                        config.clip_eps, mode=config.aggregation, normalizer=norm)
   vf, vf_metrics = ppo_lib.value_loss(values, mb['old_values'], mb['returns'], mask,
                                       config.value_clip_eps, mode=config.aggregation,
                                       normalizer=norm)
-  token_entropy = entropy_lib.entropy_from_logits(logits, temperature)
   rec_coef = config.entropy_coef if config.recovery_entropy_coef is None else (
       config.recovery_entropy_coef)
   if config.entropy_coef == 0 and rec_coef == 0:
-    # Then the entropy is a metric only: its backward over [E, N, V] would be scaled by 0.
+    # Then the entropy is a metric only (and `entropy_mode` builds no backward for it).
     token_entropy = jax.lax.stop_gradient(token_entropy)
   entropy = agg.aggregate(token_entropy, mask, config.aggregation, norm)
   if rec_coef == config.entropy_coef:
@@ -117,10 +129,17 @@ def ppo_loss(logits: jax.Array, values: jax.Array, mb: Mapping[str, Any], config
     bonus = agg.aggregate(coef * token_entropy, mask, config.aggregation, norm)
   loss = pg + config.vf_coef * vf - bonus
   if config.kl_penalty_in == 'loss':
-    kl = kl_lib.kl_estimate(logprobs, mb['ref_logprobs'], config.kl_estimator)
+    kl = masked_kl(logprobs, mb['ref_logprobs'], mask, config.kl_estimator)
     loss = loss + kl_coef * agg.aggregate(kl, mask, config.aggregation, norm)
   return loss, {'loss/policy': pg, 'loss/value': vf, 'loss/total': loss,
                 'policy/entropy_train': entropy, **pg_metrics, **vf_metrics}
+
+
+def entropy_mode(config: PPOConfig) -> str:
+  """'grad' with an entropy bonus on (any rows), else 'value': the entropy is then a metric."""
+  rec_coef = config.entropy_coef if config.recovery_entropy_coef is None else (
+      config.recovery_entropy_coef)
+  return 'value' if config.entropy_coef == 0 and rec_coef == 0 else 'grad'
 
 
 def _values(models: RLModels, params: PyTree, episodes: Episodes, hidden: jax.Array
@@ -168,8 +187,13 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
 
   def minibatch_loss(params: PyTree, mb: dict, kl_coef: jax.Array) -> tuple[jax.Array, dict]:
     episodes = mb['episodes']
-    logits, hidden = rl_episodes.response_logits(models.policy, params['policy'], episodes)
-    return ppo_loss(logits, _values(models, params, episodes, hidden), mb, config, kl_coef)
+    sampling = config.rollout.sampling
+    # The sampler's (filtered, when top_k / top_p are on) distribution is the policy.
+    logprobs, token_entropy, hidden = rl_episodes.response_token_stats(
+        models.policy, params['policy'], episodes, sampling.temperature,
+        config.rollout.logits_chunk_size, entropy_mode(config), **sampling.filters)
+    return ppo_loss(logprobs, token_entropy, _values(models, params, episodes, hidden), mb,
+                    config, kl_coef)
 
   def step(state: RLState, batch: Mapping[str, jax.Array]) -> tuple[RLState, dict]:
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))

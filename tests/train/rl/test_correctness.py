@@ -4,6 +4,7 @@ README's "Correctness" section lists them. Tiny shapes, and one jitted sampler s
 filter tests.
 """
 
+import dataclasses
 import functools
 import importlib.util
 import pathlib
@@ -11,10 +12,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from deepalign.rollout.filters import top_k_filter, top_p_filter
+from deepalign.rollout.logprobs import token_entropy, token_logprobs
 from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train.rl import episodes as rl_episodes
+from deepalign.train.rl import grpo_step
+from deepalign.train.rl import ppo_step
 
 _spec = importlib.util.spec_from_file_location(
     'rl_fixtures', pathlib.Path(__file__).with_name('fixtures.py'))
@@ -50,13 +55,80 @@ def filtered_episodes(top_k: int, top_p: float):
   return spec, *run(state.params['policy'], BATCH, jax.random.PRNGKey(3))
 
 
-TOP_K, TOP_P = 8, 0.5  # both act: on the near-uniform random policy top-p keeps ~4 of the 8
-
-
 def _filtered_log_softmax(logits, top_k, top_p):
   """By hand: the tempered logits, truncated as the sampler truncates, renormalized."""
   z = logits.astype(jnp.float32) / TEMPERATURE
   return jax.nn.log_softmax(top_p_filter(top_k_filter(z, top_k), top_p), axis=-1)
+
+
+def _minibatch(ep, advantages):
+  zeros = jnp.zeros(ep.tokens.shape)
+  return {'episodes': ep, 'old_logprobs': ep.sampler_logprobs, 'ref_logprobs': zeros - 2.0,
+          'old_values': zeros, 'advantages': advantages, 'returns': zeros}
+
+
+def _ppo_loss_of_logits(logits, mb, config, kl_coef):
+  """ppo_loss on the (filtered) log-probs and entropies of `logits`, as the update computes them."""
+  sampling = config.rollout.sampling
+  tokens = mb['episodes'].tokens
+  logprobs = token_logprobs(logits, tokens, sampling.temperature, **sampling.filters)
+  entropy = token_entropy(logits, sampling.temperature, **sampling.filters)
+  return ppo_step.ppo_loss(logprobs, entropy, jnp.zeros(tokens.shape), mb, config, kl_coef)
+
+
+# --- item 8: top-k / top-p and the log-probs ------------------------------------------------
+
+TOP_K, TOP_P = 8, 0.5  # both act: on the near-uniform random policy top-p keeps ~4 of the 8
+
+
+def test_sampler_logprobs_are_of_the_filtered_distribution_it_samples():
+  # Issue 17 item 8 (trl#6945's family): the sampler drew from the truncated, renormalized
+  # distribution but reported (and trained on) full-softmax log-probs. Now the sampler's
+  # log-probs, the training path's and the hand-computed filtered log-softmax agree.
+  spec, ep, logits, train_logprobs = filtered_episodes(TOP_K, TOP_P)
+  by_hand = np.asarray(_filtered_log_softmax(logits, TOP_K, TOP_P))
+  kept = by_hand > -1e29
+  assert (kept.sum(-1) < TOP_K).any() and (kept.sum(-1) <= TOP_K).all()
+  gen = np.asarray(ep.generated_mask, bool)
+  picked = np.take_along_axis(by_hand, np.asarray(ep.tokens)[..., None], axis=-1)[..., 0]
+  sampler = np.asarray(ep.sampler_logprobs)
+  np.testing.assert_allclose(sampler[gen], picked[gen], atol=2e-5)
+  np.testing.assert_allclose(np.asarray(train_logprobs)[gen], picked[gen], atol=2e-5)
+  assert (sampler[gen] > -1e3).all()  # every sampled token is inside the kept set
+  # The updates' ratios start at 1 against the sampler's log-probs (PPO and GRPO).
+  mb = _minibatch(ep, jnp.ones(ep.tokens.shape))
+  _, metrics = _ppo_loss_of_logits(logits, mb, ppo_step.PPOConfig(rollout=spec), 0.0)
+  np.testing.assert_allclose(float(metrics['ratio']), 1.0, atol=1e-5)
+  assert float(metrics['approx_kl']) < 1e-9
+  mb['advantages'] = jnp.linspace(-1.0, 1.0, ep.tokens.shape[0])
+  gconfig = grpo_step.GRPOConfig(rollout=spec)
+  _, gmetrics = grpo_step.grpo_minibatch_loss(train_logprobs, mb, gconfig)
+  np.testing.assert_allclose(float(gmetrics['train/ratio']), 1.0, atol=1e-5)
+
+
+def test_the_policy_gradient_is_the_filtered_distributions():
+  # Item 8: the gradient of log pi_filtered(y) puts no weight on the logits the filter dropped
+  # (the full softmax's pushes every one of them down), and stays finite with the KL in the
+  # loss although forced tokens outside the kept set have log-prob -1e30 (k3 = inf there).
+  spec, ep, logits, _ = filtered_episodes(TOP_K, TOP_P)
+  gen = np.asarray(ep.generated_mask, bool)
+  forced = np.asarray(ep.response_mask, bool) & ~gen
+  assert (np.asarray(ep.sampler_logprobs)[forced] < -1e29).any(), 'a prefix outside the kept set'
+  dropped = np.asarray(_filtered_log_softmax(logits, TOP_K, TOP_P)) < -1e29
+  mb = _minibatch(ep, jnp.ones(ep.tokens.shape))
+  for kl_penalty_in in ('reward', 'loss'):
+    config = ppo_step.PPOConfig(rollout=spec, kl_penalty_in=kl_penalty_in, kl_estimator='k3',
+                                entropy_coef=0.01)
+    grad = np.asarray(jax.jit(jax.grad(
+        lambda lg: _ppo_loss_of_logits(lg, mb, config, 0.1)[0]))(logits))
+    assert np.isfinite(grad).all()
+    assert (grad[gen][dropped[gen]] == 0).all()
+    assert (np.abs(grad[gen]).sum(-1) > 0).all()
+  mb['advantages'] = jnp.linspace(-1.0, 1.0, ep.tokens.shape[0])
+  gconfig = grpo_step.GRPOConfig(rollout=spec, beta=0.04)
+  grad = jax.jit(jax.grad(lambda lg: grpo_step.grpo_minibatch_loss(
+      token_logprobs(lg, ep.tokens, TEMPERATURE, TOP_K, TOP_P), mb, gconfig)[0]))(logits)
+  assert np.isfinite(np.asarray(grad)).all()
 
 
 # --- item 2: one prefix depth per GRPO group -----------------------------------------------

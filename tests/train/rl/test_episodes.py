@@ -69,6 +69,13 @@ def test_every_logprob_path_uses_the_sampling_temperature():
   assert np.abs(np.asarray(untempered)[mask] - np.asarray(recomputed)[mask]).max() > 1e-3
 
 
+def _ppo_loss(logits, values, mb, config, kl_coef):
+  """`ppo_step.ppo_loss` on the log-probs and entropies of full logits (differentiable)."""
+  temperature = config.rollout.sampling.temperature
+  return ppo_step.ppo_loss(token_logprobs(logits, mb['episodes'].tokens, temperature),
+                           entropy_from_logits(logits, temperature), values, mb, config, kl_coef)
+
+
 def _minibatch(ep, seed=0):
   e, n = ep.tokens.shape
   rng = np.random.default_rng(seed)
@@ -86,7 +93,7 @@ def test_prefilled_tokens_get_zero_policy_gradient(kl_penalty_in):
   mb = _minibatch(ep)
   config = ppo_step.PPOConfig(rollout=SPEC, kl_penalty_in=kl_penalty_in, entropy_coef=0.01)
   values = jnp.zeros(ep.tokens.shape)
-  grad = jax.grad(lambda lg: ppo_step.ppo_loss(lg, values, mb, config, 0.1)[0])(logits)
+  grad = jax.grad(lambda lg: _ppo_loss(lg, values, mb, config, 0.1)[0])(logits)
   per_token = np.abs(np.asarray(grad)).sum(-1)            # [E, N]
   gen = np.asarray(ep.generated_mask, bool)
   forced = np.asarray(ep.response_mask, bool) & ~gen
@@ -100,9 +107,9 @@ def test_a_recovery_entropy_bonus_acts_on_recovery_rollouts_only():
   ep, logits = episodes_and_logits()
   mb = _minibatch(ep)
   values = jnp.zeros(ep.tokens.shape)
-  loss = lambda config: ppo_step.ppo_loss(logits, values, mb, config, 0.1)[0]
+  loss = lambda config: _ppo_loss(logits, values, mb, config, 0.1)[0]
   grad = lambda config: np.abs(np.asarray(jax.grad(
-      lambda lg: ppo_step.ppo_loss(lg, values, mb, config, 0.1)[0])(logits))).sum(-1)
+      lambda lg: _ppo_loss(lg, values, mb, config, 0.1)[0])(logits))).sum(-1)
   plain = ppo_step.PPOConfig(rollout=SPEC)
   bonus = ppo_step.PPOConfig(rollout=SPEC, recovery_entropy_coef=0.5)
   entropy = entropy_from_logits(logits, SPEC.sampling.temperature)
@@ -125,7 +132,8 @@ def test_grpo_prefilled_tokens_get_zero_gradient():
   mb = _minibatch(ep)
   mb['advantages'] = jnp.linspace(-1.0, 1.0, ep.tokens.shape[0])
   config = grpo_step.GRPOConfig(rollout=fx.rollout_spec(group_size=2), beta=0.04)
-  grad = jax.grad(lambda lg: grpo_step.grpo_minibatch_loss(lg, mb, config)[0])(logits)
+  grad = jax.grad(lambda lg: grpo_step.grpo_minibatch_loss(
+      token_logprobs(lg, ep.tokens, config.rollout.sampling.temperature), mb, config)[0])(logits)
   per_token = np.abs(np.asarray(grad)).sum(-1)
   gen = np.asarray(ep.generated_mask, bool)
   forced = np.asarray(ep.response_mask, bool) & ~gen

@@ -1,7 +1,7 @@
-"""SIGKILL at random points of a PPO-with-recovery run (during steps, during asynchronous saves,
-in the export), then the same command again, until it finishes: it ends bit-identical to an
-uninterrupted run. And every stage's toy preset, run twice, gives bit-identical metrics and
-parameters (determinism on CPU).
+"""SIGKILL at each kill site of a PPO-with-recovery run (during steps, during asynchronous saves,
+in the export; delays drawn at random), then the same command again, until it finishes: it ends
+bit-identical to an uninterrupted run. And every stage's toy preset, run twice, gives
+bit-identical metrics and parameters (determinism on CPU).
 
 All runs are children forked from one fresh Python (tests/forked_runs.py); a child kills itself
 at the point `DEEPALIGN_KILL_AT` names (deepalign/train/faults.py), a real SIGKILL mid-write.
@@ -34,7 +34,7 @@ SFT = ['--config=configs/sft.py:toy', *TINY_DATA, *TINY_MODEL, *QUIET, '--config
        '--config.train.batch_size=8', '--config.sft.harm_eval=False', '--config.sft.eval_batches=1']
 RM = ['--config=configs/reward_model.py:toy', *TINY_DATA, *TINY_MODEL, *QUIET,
       '--config.train.num_steps=3', '--config.train.batch_size=8']
-NUM_RL_STEPS = 8
+NUM_RL_STEPS = 6  # checkpoints at 2, 4, 6
 
 
 def _rl(config: str, sft, rm) -> list[str]:
@@ -50,18 +50,15 @@ PPO_RECOVERY_EXTRA = ['--config.recovery.batch_size=2', '--config.recovery.max_d
 
 
 def _kill_points(seed: int = 0) -> list[str]:
-  """>= 10 kill points in the order a run meets them: after a step (at once or a random few ms
-  into the next), during the asynchronous save of a checkpoint, around logging, the final wait
-  and the export. Steps grow, so each resumed run still reaches its point."""
+  """One kill point per distinct path, in the order a run meets them (steps grow, so each resumed
+  run still reaches its point): after a step at once (no checkpoint yet) and a random few ms into
+  the next step, during the asynchronous save of a checkpoint (mid-run and the last one), before a
+  save, after a log line, the final wait and both sides of the export."""
   rng = random.Random(seed)
-  points = ['after_step:1']
-  for step in range(2, NUM_RL_STEPS + 1, 2):
-    points.append(f'after_save:{step}:{rng.randint(0, 40)}')  # the async save of `step` in flight
-    points.append(rng.choice([f'after_step:{step + 1}:{rng.randint(0, 80)}',
-                              f'after_log:{step + 1}', f'before_save:{step}']))
-  points = [p for p in points if int(p.split(':')[1]) <= NUM_RL_STEPS]
-  return points + [f'after_wait:{NUM_RL_STEPS}', f'before_finish:{NUM_RL_STEPS}',
-                   f'after_finish:{NUM_RL_STEPS}']
+  n = NUM_RL_STEPS
+  return ['after_step:1', f'after_save:2:{rng.randint(0, 40)}', f'after_step:3:{rng.randint(0, 80)}',
+          'before_save:4', 'after_log:5', f'after_save:{n}:{rng.randint(0, 40)}', f'after_wait:{n}',
+          f'before_finish:{n}', f'after_finish:{n}']
 
 
 def _main(argv, workdir, **env):
@@ -79,22 +76,23 @@ def _final(workdir: pathlib.Path) -> tuple[dict, list]:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('faults')
-  sft, rm = tmp / 'sft', tmp / 'rm'
+  # The RL runs start from the first SFT and RM runs of the determinism pairs (no extra runs).
+  sft, rm = tmp / 'sft_1', tmp / 'reward_model_1'
   ppo_rec = _rl('ppo_recovery', sft, rm) + PPO_RECOVERY_EXTRA
   kills = _kill_points()
-  commands = [_main(SFT, sft), _main(RM, rm), _main(ppo_rec, tmp / 'straight'),
-              _main(ppo_rec, tmp / 'straight_again')]
-  commands += [_main(ppo_rec, tmp / 'killed', DEEPALIGN_KILL_AT=k) for k in kills]
-  commands += [_main(ppo_rec, tmp / 'killed')]
-  # determinism of the other stages' toy presets: each twice (SFT and RM above run once here)
+  # determinism of every stage's toy preset: each twice. PPO with recovery's second run is the
+  # killed-and-resumed one: `straight` and `killed` are the same command.
   twice = {'sft': SFT, 'reward_model': RM, 'dpo': ['--config=configs/dpo.py:toy', *TINY_DATA, *QUIET,
                                                    f'--config.model.init_from={sft}',
                                                    '--config.train.num_steps=2',
                                                    '--config.train.batch_size=4'],
            'grpo': _rl('grpo', sft, rm) + ['--config.train.num_steps=2', '--config.grpo.group_size=2'],
            'linear_regression': ['--config=configs/linear_regression.py', '--config.train.num_steps=4']}
+  commands = [_main(SFT, sft), _main(RM, rm), _main(ppo_rec, tmp / 'straight')]
+  commands += [_main(ppo_rec, tmp / 'killed', DEEPALIGN_KILL_AT=k) for k in kills]
+  commands += [_main(ppo_rec, tmp / 'killed')]
   for name, argv in twice.items():
-    commands += [_main(argv, tmp / f'{name}_1'), _main(argv, tmp / f'{name}_2')]
+    commands += [_main(argv, tmp / f'{name}_{i}') for i in (1, 2) if tmp / f'{name}_{i}' not in (sft, rm)]
   results = forked_runs.run(commands, timeout=1200)
   for command, result in zip(commands, results):
     expected = -9 if command['env'].get('DEEPALIGN_KILL_AT') else 0
@@ -104,7 +102,7 @@ def runs(tmp_path_factory):
 
 def test_sigkilled_ppo_recovery_resumes_bit_identical(runs):
   tmp, kills, _ = runs
-  assert len(kills) >= 10
+  assert len(kills) >= 8 and len({k.split(':')[0] for k in kills}) == 7  # every site
   params, rows = _final(tmp / 'killed')
   straight_params, straight_rows = _final(tmp / 'straight')
   jax.tree.map(np.testing.assert_array_equal, straight_params, params)
@@ -117,7 +115,7 @@ def test_sigkilled_ppo_recovery_resumes_bit_identical(runs):
 def test_every_stage_is_deterministic(runs):
   tmp, _, stages = runs
   a, rows_a = _final(tmp / 'straight')
-  b, rows_b = _final(tmp / 'straight_again')
+  b, rows_b = _final(tmp / 'killed')  # the same command, killed at each kill point on the way
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert rows_a == rows_b
   for stage in stages:

@@ -35,7 +35,7 @@ from deepalign.train import atomic_files, faults
 from deepalign.train.checkpointing import Checkpointer
 from deepalign.train.numeric_guard import guard_state
 from deepalign.train.metrics_writer import MetricsWriter
-from deepalign.train.optimizer import build_optimizer
+from deepalign.train.optimizer import applied_learning_rate, build_optimizer
 from deepalign.train.preemption import PreemptionGuard
 from deepalign.train.state import TrainState
 from deepalign.train.task import LossFn, Task
@@ -66,7 +66,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   """jit(state, frozen, batch) -> (state, metrics); `state` is donated.
 
   metrics: the loss_fn's scalars plus `loss`, `grad_norm` (before clipping) and
-  `learning_rate` (the schedule at the current optimizer update). With shardings given,
+  `learning_rate` (the one this batch's update applies: the schedule at the optimizer's own
+  update count, `optimizer.applied_learning_rate`; skipped updates do not advance it). With
+  shardings given,
   the new state keeps the layout of the old one (donation reuses its buffers). The loss goes
   to the optimizer too (`loss=`): `numeric_guard` skips the update when it is not finite.
   """
@@ -75,10 +77,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   def step(state: TrainState, frozen: PyTree, batch: Mapping[str, jax.Array]):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, frozen, batch, state.step_rng())
+    lr = applied_learning_rate(schedule, state.opt_state, state.step // grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, loss=loss)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**aux, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': schedule(state.step // grad_accum_steps)}
+    metrics = {**aux, 'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': lr}
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
     return new_state, metrics
 
@@ -198,9 +200,11 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   _check_train_config(tcfg)
   log_every = max(int(tcfg.log_every), 1)
   max_bad = int(tcfg.get('max_bad_steps', 0))
+  # The schedule counts optimizer updates, not batches (the RL steps update per minibatch).
   tx, schedule = build_optimizer(config.optimizer, num_steps,
                                  spike_factor=float(tcfg.get('loss_spike_factor', 0.0)),
-                                 spike_window=int(tcfg.get('loss_spike_window', 32)))
+                                 spike_window=int(tcfg.get('loss_spike_window', 32)),
+                                 updates_per_batch=int(task.updates_per_batch))
 
   placement, abstract_params = place(task, config, tx)
   create = jax.jit(lambda p: task.create_state(p, tx, _train_rng(config)),

@@ -37,6 +37,8 @@ class Task:
     step(state, frozen, batch) -> (state, metrics), jitted with the state donated, for a
     task whose update is not one gradient of `loss_fn` (the fused PPO/GRPO steps).
     Default: `loop.make_train_step(loss_fn, ...)`.
+  updates_per_batch: `tx.update` calls per batch (PPO / GRPO: epochs x minibatches); the
+    learning-rate schedule spans num_steps * updates_per_batch / grad_accum_steps updates.
   """
   init_params: Callable[[jax.Array], PyTree]
   loss_fn: Optional[LossFn]
@@ -48,3 +50,4 @@ class Task:
   # The RL stages bring their own state and fused step (deepalign/train/rl.py).
   create_state: Callable[[PyTree, Any, jax.Array], Any] = TrainState.create
   make_step: Optional[Callable[..., Callable]] = None
+  updates_per_batch: int = 1

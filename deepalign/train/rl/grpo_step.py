@@ -71,12 +71,15 @@ def grpo_minibatch_loss(logprobs: jax.Array, mb: Mapping[str, Any], config: GRPO
 
 
 def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTransformation,
-                   state_shardings: Any = None, metrics_sharding: Any = None
+                   state_shardings: Any = None, metrics_sharding: Any = None,
+                   schedule: optax.Schedule | None = None
                    ) -> Callable[[RLState, Mapping[str, jax.Array]], tuple[RLState, dict]]:
   """Builds the jitted `grpo_step(state, batch) -> (state, metrics)`; `state` is donated.
 
   With `state_shardings` (and `metrics_sharding`) the new state keeps the old one's layout on
   the mesh, so donation reuses its buffers and the next call does not recompile.
+  schedule: the optimizer's learning-rate schedule; given, the metrics carry the applied
+  `learning_rate` and the optimizer's update count (`rl_minibatches.optimize`).
   """
 
   def minibatch_loss(params: PyTree, mb: dict) -> tuple[jax.Array, dict]:
@@ -100,7 +103,7 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
             'advantages': advantages}
     params, opt_state, update_metrics = rl_minibatches.optimize(
         state.params, state.opt_state, data, key_shuffle, minibatch_loss, tx, config.epochs,
-        config.minibatches)
+        config.minibatches, schedule)
 
     kl = jnp.where(mask > 0, kl_lib.kl_estimate(old_logprobs, ref_logprobs, 'k3'), 0.0)
     metrics = {

@@ -12,6 +12,7 @@ import optax
 
 from deepalign.errors import UserError
 from deepalign.objectives import aggregation as agg
+from deepalign.train.optimizer import applied_learning_rate, schedule_count
 
 PyTree = Any
 # loss_fn(params, minibatch) -> (scalar loss, {name: scalar})
@@ -42,13 +43,22 @@ def shuffled_minibatches(key: jax.Array, data: PyTree, minibatches: int) -> PyTr
 
 def optimize(params: PyTree, opt_state: optax.OptState, data: PyTree, key: jax.Array,
              loss_fn: MinibatchLoss, tx: optax.GradientTransformation, epochs: int,
-             minibatches: int) -> tuple[PyTree, optax.OptState, dict]:
+             minibatches: int, schedule: optax.Schedule | None = None
+             ) -> tuple[PyTree, optax.OptState, dict]:
   """Runs the updates; returns new params, optimizer state and metrics averaged over updates
-  (plus `grad_norm`, before clipping)."""
+  (plus `grad_norm`, before clipping).
+
+  With `schedule` (the optimizer's): `learning_rate`, the mean over this batch's minibatch
+  updates of the rate each applied (the schedule at the optimizer's update count, which
+  advances once per minibatch, or per grad_accum_steps minibatches), and `optimizer/updates`,
+  that count after the batch. The schedule is sized in these updates (train/optimizer.py).
+  """
 
   def update(carry, minibatch):
     params, opt_state = carry
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
+    if schedule is not None:
+      metrics['learning_rate'] = applied_learning_rate(schedule, opt_state)
     updates, opt_state = tx.update(grads, opt_state, params)
     metrics['grad_norm'] = optax.tree.norm(grads)
     return (optax.apply_updates(params, updates), opt_state), metrics
@@ -58,4 +68,8 @@ def optimize(params: PyTree, opt_state: optax.OptState, data: PyTree, key: jax.A
 
   (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state),
                                               jax.random.split(key, epochs))
-  return params, opt_state, jax.tree.map(jnp.mean, metrics)
+  metrics = jax.tree.map(jnp.mean, metrics)
+  count = schedule_count(opt_state)
+  if schedule is not None and count is not None:
+    metrics['optimizer/updates'] = count
+  return params, opt_state, metrics

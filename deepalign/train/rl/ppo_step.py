@@ -177,12 +177,15 @@ def minibatch_data(config: PPOConfig, c: rl_collect.Collected, old_values: jax.A
 
 
 def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransformation,
-                   state_shardings: Any = None, metrics_sharding: Any = None
+                   state_shardings: Any = None, metrics_sharding: Any = None,
+                   schedule: optax.Schedule | None = None
                   ) -> Callable[[RLState, Mapping[str, jax.Array]], tuple[RLState, dict]]:
   """Builds the jitted `ppo_step(state, batch) -> (state, metrics)`; `state` is donated.
 
   With `state_shardings` (and `metrics_sharding`) the new state keeps the old one's layout on
   the mesh, so donation reuses its buffers and the next call does not recompile.
+  schedule: the optimizer's learning-rate schedule; given, the metrics carry the applied
+  `learning_rate` and the optimizer's update count (`rl_minibatches.optimize`).
   """
 
   def minibatch_loss(params: PyTree, mb: dict, kl_coef: jax.Array) -> tuple[jax.Array, dict]:
@@ -208,7 +211,7 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
     params, opt_state, update_metrics = rl_minibatches.optimize(
         state.params, state.opt_state, data, key_shuffle,
         lambda params, mb: minibatch_loss(params, mb, kl_coef), tx, config.epochs,
-        config.minibatches)
+        config.minibatches, schedule)
 
     kl_seq = kl_per_sequence(kl, mask)
     mean_kl = jnp.mean(kl_seq[:n_ordinary])

@@ -152,9 +152,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
 
   def make_step(tx: optax.GradientTransformation, schedule, grad_accum_steps: int = 1,
                 state_shardings=None, metrics_sharding=None):
-    del schedule, grad_accum_steps  # one optax state; MultiSteps accumulates over minibatches
+    del grad_accum_steps  # one optax state; MultiSteps accumulates over minibatches
     make = make_ppo_step if is_ppo else make_grpo_step
-    step = make(rl_models, step_config, tx, state_shardings, metrics_sharding)
+    step = make(rl_models, step_config, tx, state_shardings, metrics_sharding, schedule)
     return lambda state, frozen, batch: step(state, batch)
 
   prompts = stage_data.records(config, data, 'harmful_prompt', 'train')
@@ -186,7 +186,13 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
                      else {'kernel': ('embed', None)})
   return Task(init_params=init_params, loss_fn=None, train_iterator=train_iterator,
               eval_fn=eval_fn, finish=policy_init.exporting_finish(policy, 'policy'),
-              param_axes=axes, create_state=create_state, make_step=make_step)
+              param_axes=axes, create_state=create_state, make_step=make_step,
+              updates_per_batch=updates_per_batch(step_config))
+
+
+def updates_per_batch(step_config: PPOConfig | GRPOConfig) -> int:
+  """`tx.update` calls per batch: one per minibatch of every epoch (the LR schedule's unit)."""
+  return int(step_config.epochs) * int(step_config.minibatches)
 
 
 def _harmful(records: Any) -> list:

@@ -58,13 +58,18 @@ class Probe:
   recovery_depth: np.ndarray
 
 
-def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collections.ConfigDict,
-               analysis: ml_collections.ConfigDict) -> Probe:
-  """Held-out prompts of the harm language (a seed no training split uses), tokenized by the
-  same pipeline as training."""
-  from deepalign.data import pipeline
-  from deepalign.train import eval_batches, stage_data
+PROBE_BATCH = 64  # rows per batch of the probe's prompt pipeline
+
+
+def check_analysis(analysis: ml_collections.ConfigDict) -> None:
+  """UserError for Monte-Carlo sizes the probe cannot meet; the study calls it before training,
+  so a bad `config.analysis.*` fails in a second, not after the runs."""
   n_h, n_b = int(analysis.num_harmful_prompts), int(analysis.num_benign_prompts)
+  if min(n_h, n_b) < 1:
+    raise UserError(f'config.analysis.num_harmful_prompts={n_h} and num_benign_prompts={n_b} '
+                    'must both be >= 1')
+  if int(analysis.grad_groups) < 1:
+    raise UserError(f'config.analysis.grad_groups={analysis.grad_groups} must be >= 1')
   b = int(analysis.martingale_responses)
   if b > n_h or b % int(analysis.grad_groups):
     raise UserError(f'config.analysis.martingale_responses={b} must be <= num_harmful_prompts='
@@ -73,12 +78,34 @@ def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collect
   if g > b or g % int(analysis.grad_groups):
     raise UserError(f'config.analysis.gradient_responses={g} must be <= martingale_responses={b} '
                     f'and divisible by grad_groups={analysis.grad_groups}')
-  records = env.prompt_records(2 * max(n_h, n_b), seed=int(stage_config.data.data_seed) + 7919)
+
+
+def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collections.ConfigDict,
+               analysis: ml_collections.ConfigDict) -> Probe:
+  """Held-out prompts of the harm language (a seed no training split uses), tokenized by the
+  same pipeline as training."""
+  from deepalign.data import pipeline
+  from deepalign.train import eval_batches, stage_data
+  check_analysis(analysis)
+  n_h, n_b = int(analysis.num_harmful_prompts), int(analysis.num_benign_prompts)
+  # Half the records are harmful; batches of PROBE_BATCH drop an incomplete last one, so the
+  # count is rounded up to whole batches (512 for 256 + 256: the same records as always).
+  n = -(-2 * max(n_h, n_b) // PROBE_BATCH) * PROBE_BATCH
+  records = env.prompt_records(n, seed=int(stage_config.data.data_seed) + 7919)
   batches = eval_batches.take(pipeline.prompt_dataset, records, tokenizer, template,
-                              stage_data.pipeline_config(stage_config, 64), 10_000)
+                              stage_data.pipeline_config(stage_config, PROBE_BATCH), 10_000)
+  is_harmful = (np.concatenate([x['is_harmful'] for x in batches]).astype(bool) if batches
+                else np.zeros(0, bool))
+  if is_harmful.sum() < n_h or (~is_harmful).sum() < n_b:
+    raise UserError(
+        f'the analysis probe got {int(is_harmful.sum())} harmful and {int((~is_harmful).sum())} '
+        f'benign prompts out of the data pipeline, fewer than config.analysis.num_harmful_prompts='
+        f'{n_h} / num_benign_prompts={n_b} (data.overflow={stage_config.data.overflow!r} drops '
+        f'prompts longer than data.max_prompt_len={stage_config.data.max_prompt_len}); lower the '
+        'counts or raise data.max_prompt_len')
   cat = {k: np.concatenate([x[k] for x in batches]) for k in batches[0]}
-  harmful = np.flatnonzero(cat['is_harmful'])[:n_h]
-  benign = np.flatnonzero(~cat['is_harmful'].astype(bool))[:n_b]
+  harmful = np.flatnonzero(is_harmful)[:n_h]
+  benign = np.flatnonzero(~is_harmful)[:n_b]
   t = int(analysis.response_len)
   tokens = np.zeros((len(harmful), t), np.int32)
   width = min(t, cat['harmful_response'].shape[1])
@@ -92,7 +119,8 @@ def make_probe(env: Any, tokenizer: Any, template: Any, stage_config: ml_collect
   if not 0 <= k_min <= k_max:
     raise UserError(f'config.analysis.recovery_min_depth={k_min} must be in 0..{k_max} (the '
                     'recovery depth K, capped at the harmful answer\'s length - 1)')
-  depth = (k_min + np.arange(b) % (k_max - k_min + 1)).astype(np.int32)
+  rows = np.arange(int(analysis.martingale_responses))
+  depth = (k_min + rows % (k_max - k_min + 1)).astype(np.int32)
   ctx = lambda rows: {'prompt_tokens': cat['prompt_tokens'][rows],
                       'prompt_mask': cat['prompt_mask'][rows]}
   return Probe(harmful=ctx(harmful), benign=ctx(benign), harmful_tokens=tokens,

@@ -95,8 +95,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, console: Any = None):
   from deepalign.console import Console, logs
   from deepalign.study import summary
   from deepalign.train import atomic_files, run_stage
+  from deepalign.study import measure
   console = console or Console.silent()
   chosen = runs.selected(config.study)
+  measure.check_analysis(config.analysis)  # before any training: a bad size fails in a second
   progress = console.progress(plan(chosen, config, workdir), title='toy study')  # checks configs
   os.makedirs(workdir, exist_ok=True)
   atomic_files.write_json_atomic(os.path.join(workdir, 'config.json'),

@@ -14,6 +14,21 @@ the estimators of Schulman, "Approximating KL Divergence" (2020), are
 (Schulman writes r = pi_ref / pi, so his log r is our -logr; his k1 = -log r, k3 =
 (r - 1) - log r are the same numbers.) TRL's PPO uses k1 (`kl_estimator='k1'`) or k3, GRPO
 uses k3.
+
+Values vs. gradients (Shah et al. 2025, "A Comedy of Estimators", arXiv 2512.21852; Tang &
+Munos 2025, arXiv 2506.09477). Differentiated as a loss through log pi at on-policy samples
+(the sampling distribution held fixed), per token:
+
+    E_pi[grad k1] = E_pi[grad log pi]                  = 0                      (does nothing)
+    E_pi[grad k2] = E_pi[logr grad log pi]             = grad KL(pi || pi_ref)  (reverse KL)
+    E_pi[grad k3] = E_pi[(1 - pi_ref / pi) grad log pi] = grad KL(pi_ref || pi) (forward KL)
+
+so an unbiased value (k1, k3) does not make an unbiased gradient of the reverse KL; k2, biased
+as a value, is the one whose gradient is. As a detached reward penalty (Ziegler et al.), k1
+enters the policy gradient as a return, which is the sequence-level reverse-KL gradient
+including how a token changes the later tokens' KL; in the loss every estimator gives that
+per-token (partial) gradient only. tests/objectives/test_kl.py checks the three identities
+exactly on a small categorical.
 """
 
 from typing import Literal

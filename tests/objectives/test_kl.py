@@ -67,3 +67,27 @@ def test_controllers_are_jittable_pytrees():
 def test_controller_bad_target():
   with pytest.raises(UserError, match='target'):
     kl.adaptive_kl_update(kl.kl_controller_init(0.1), 1.0, 1, target=0.0, horizon=1.0)
+
+
+def _expected_estimator_gradient(theta, ref_logp, estimator):
+  """E_{x~pi}[grad_theta k(x)] exactly on a categorical pi = softmax(theta): every outcome,
+  weighted by its (detached) probability, as a loss on on-policy samples differentiates."""
+  p = jax.lax.stop_gradient(jax.nn.softmax(theta))
+  return jax.grad(lambda t: jnp.sum(p * kl.kl_estimate(jax.nn.log_softmax(t), ref_logp,
+                                                        estimator)))(theta)
+
+
+def test_estimator_gradients_in_the_loss():
+  # Issue 17 item 3 and NeMo-RL#2506 (k2 behaving like k1): in the loss, k1's gradient is 0 in
+  # expectation, k2's is the reverse KL's, k3's the forward KL's ("A Comedy of Estimators").
+  theta = jnp.array([0.3, -1.2, 0.8, 0.0, 2.0])
+  ref_logp = jax.nn.log_softmax(jnp.array([1.0, 0.5, -0.5, 0.2, 0.0]))
+  reverse = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * (jax.nn.log_softmax(t) - ref_logp)))(
+      theta)
+  forward = jax.grad(lambda t: jnp.sum(jnp.exp(ref_logp) * (ref_logp - jax.nn.log_softmax(t))))(
+      theta)
+  g1, g2, g3 = (_expected_estimator_gradient(theta, ref_logp, e) for e in ('k1', 'k2', 'k3'))
+  np.testing.assert_allclose(g1, 0.0, atol=1e-6)
+  np.testing.assert_allclose(g2, reverse, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g3, forward, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(reverse).max()) > 0.1 and float(jnp.abs(g2 - g1).max()) > 0.1

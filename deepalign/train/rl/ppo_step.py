@@ -36,7 +36,16 @@ class PPOConfig:
 
   kl_coef: initial beta; kl_estimator: 'k1' | 'k2' | 'k3' (objectives/kl.py);
   kl_penalty_in: 'reward' (per-token penalty -beta*kl_t in the reward, Ziegler et al.; TRL)
-    or 'loss' (beta * aggregated kl added to the loss). The reported `kl` is this estimator,
+    or 'loss' (beta * aggregated kl added to the loss, differentiated through log pi_theta).
+    'loss' with k1 is refused: grad k1 = grad log pi, whose expectation under pi is 0, so the
+    term does nothing on-policy (issue 17 item 3). In the loss, k2 is the estimator whose
+    gradient is the reverse KL's: E_pi[logr grad log pi] = grad KL(pi || pi_ref); k3's is
+    E_pi[(1 - pi_ref/pi) grad log pi] = grad KL(pi_ref || pi), the forward KL's (GRPO's
+    convention; Shah et al. 2025, "A Comedy of Estimators", arXiv 2512.21852). Both are
+    per-token (pathwise) gradients: they leave out how a token changes the later tokens' KL,
+    which the reward placement's policy gradient carries (objectives/kl.py).
+    No bias correction or importance weight is applied to the KL term on any path: the
+    estimator and its placement are exactly these two fields. The reported `kl` is this estimator,
     summed over each response's generated tokens and averaged over ordinary rollouts: the KL
     that is optimized.
   adaptive_kl_target: None = fixed beta; else Ziegler's controller with this target KL
@@ -69,6 +78,11 @@ class PPOConfig:
       raise UserError(f'ppo.kl_estimator={self.kl_estimator!r}; use one of {kl_lib.KL_ESTIMATORS}.')
     if self.kl_penalty_in not in ('reward', 'loss'):
       raise UserError(f"ppo.kl_penalty_in={self.kl_penalty_in!r}; use 'reward' or 'loss'.")
+    if self.kl_penalty_in == 'loss' and self.kl_estimator == 'k1':
+      raise UserError("ppo.kl_penalty_in='loss' with ppo.kl_estimator='k1' has zero expected "
+                      'gradient on-policy (E_pi[grad log pi] = 0): the KL would do nothing. Use '
+                      "kl_estimator='k2' (its gradient is the reverse KL's) in the loss, or "
+                      "k1 with kl_penalty_in='reward'.")
     agg.check_aggregation(self.aggregation)
     for name in ('epochs', 'minibatches'):
       if getattr(self, name) < 1:

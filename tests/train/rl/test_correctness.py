@@ -143,3 +143,22 @@ def test_a_group_shares_its_prefix_depth():
   assert len(set(depth[:, 0].tolist())) > 1  # and depths still differ between prompts
   forced = np.asarray(ep.response_mask)[n:] - np.asarray(ep.generated_mask)[n:]
   np.testing.assert_array_equal(forced.sum(1), depth.reshape(-1))
+
+
+# --- item 3: k1 in the loss ----------------------------------------------------------------
+
+def test_k1_in_the_loss_is_refused_at_config_time():
+  # Issue 17 item 3: kl_penalty_in='loss' with k1 has zero expected gradient on-policy; the
+  # step used to accept it. Now the config is refused with the fix in the message.
+  from configs import ppo
+  from deepalign.errors import UserError
+  from deepalign.train.rl import stage as rl
+  spec = fx.rollout_spec()
+  with pytest.raises(UserError, match="kl_estimator='k2'"):
+    ppo_step.PPOConfig(rollout=spec, kl_penalty_in='loss', kl_estimator='k1')
+  config = ppo.get_config('toy')
+  config.ppo.kl_penalty_in = 'loss'
+  with pytest.raises(UserError, match='zero expected gradient'):
+    rl.ppo_config(config, spec)
+  config.ppo.kl_estimator = 'k2'
+  assert rl.ppo_config(config, spec).kl_estimator == 'k2'

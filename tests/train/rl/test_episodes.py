@@ -91,7 +91,9 @@ def _minibatch(ep, seed=0):
 def test_prefilled_tokens_get_zero_policy_gradient(kl_penalty_in):
   ep, logits = episodes_and_logits()
   mb = _minibatch(ep)
-  config = ppo_step.PPOConfig(rollout=SPEC, kl_penalty_in=kl_penalty_in, entropy_coef=0.01)
+  # k1 in the loss is refused (zero expected gradient); k2 is the loss's estimator.
+  config = ppo_step.PPOConfig(rollout=SPEC, kl_penalty_in=kl_penalty_in, entropy_coef=0.01,
+                              kl_estimator='k2' if kl_penalty_in == 'loss' else 'k1')
   values = jnp.zeros(ep.tokens.shape)
   grad = jax.grad(lambda lg: _ppo_loss(lg, values, mb, config, 0.1)[0])(logits)
   per_token = np.abs(np.asarray(grad)).sum(-1)            # [E, N]

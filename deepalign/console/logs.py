@@ -41,6 +41,16 @@ class DropBackendProbes(logging.Filter):
                 and str(record.msg).startswith('Unable to initialize backend'))
 
 
+class DropVariantProbes(logging.Filter):
+  """TFDS warns "Variant folder DIR has no dataset_info.json" when it looks for a prepared copy
+  of the dataset it is about to prepare (the folder it is going to write): expected on every
+  first preparation, so it goes to the log file only, not to the console's warning lines."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (str(record.msg).startswith('Variant folder %s has no %s')
+                and 'tensorflow_datasets' in record.pathname)
+
+
 class DropLibraryChatter(logging.Filter):
   """INFO records of orbax and grain internals (handler registrations, every save's bytes):
   they say nothing about the run and would be most of its log."""

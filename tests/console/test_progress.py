@@ -146,3 +146,19 @@ def test_naming_an_absl_logging_flag_asks_for_the_full_log():
   values(['prog', '-v', '0'])
   assert wants_full_log(values)
   assert not Console(stream=_Tty(), full_log=True).live  # log lines would tear a live line
+
+
+def test_compiling_before_the_first_step_does_not_count_in_the_rate():
+  """The toy study's PPO printed '0.15 steps/s, ETA 35:05' at its first record (step 5, after a
+  30 s compile) and then ran 10 steps/s: the rate counts from the first step record only."""
+  clock, stream = _Clock(), io.StringIO()
+  progress = Console(stream=stream, live=False, clock=clock).progress(
+      [('ppo', 60.0), ('report', 10.0)])
+  with progress.stage('ppo'):
+    _loop_start(0, 320)
+    clock.now = 34.0
+    _loop_step(5, 320)    # one record: no rate yet; the prior says 26 s are left
+    assert 'steps/s' not in progress.line() and 'ETA 0:26' in progress.line()
+    clock.now = 64.0
+    _loop_step(305, 320)  # 10 steps/s since the first record
+    assert '10.00 steps/s, ETA 0:02' in progress.line()

@@ -55,18 +55,21 @@ class GRPOConfig:
         raise UserError(f'grpo.{name}={getattr(self, name)} must be >= 1.')
 
 
-def grpo_minibatch_loss(logprobs: jax.Array, mb: Mapping[str, Any], config: GRPOConfig
-                        ) -> tuple[jax.Array, dict]:
+def grpo_minibatch_loss(logprobs: jax.Array, mb: Mapping[str, Any], config: GRPOConfig,
+                        normalizer: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """The GRPO loss from the policy's log-probs of the response tokens [E, N] (of the
   sampler's distribution: `response_token_stats`); only `generated_mask` tokens count.
-  mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'advantages' [E]."""
+  mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'advantages' [E]. normalizer:
+  'token_sum_normalized''s count of the WHOLE batch (None = this minibatch's tokens)."""
   episodes = mb['episodes']
   mask = episodes.generated_mask
+  if normalizer is None or config.aggregation != 'token_sum_normalized':
+    normalizer = rl_minibatches.loss_normalizer(config.aggregation, mask)
   loss, metrics = grpo_lib.grpo_loss(
       logprobs, mb['advantages'], mask, old_logprobs=mb['old_logprobs'],
       ref_logprobs=mb['ref_logprobs'], beta=config.beta, clip_eps=config.clip_eps,
       clip_eps_high=config.clip_eps_high, mode=config.aggregation,
-      normalizer=rl_minibatches.loss_normalizer(config.aggregation, mask))
+      normalizer=normalizer)
   return loss, {'loss/policy': loss, **{f'train/{k}': v for k, v in metrics.items()}}
 
 
@@ -82,13 +85,14 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
   `learning_rate` and the optimizer's update count (`rl_minibatches.optimize`).
   """
 
-  def minibatch_loss(params: PyTree, mb: dict) -> tuple[jax.Array, dict]:
+  def minibatch_loss(params: PyTree, mb: dict, normalizer: jax.Array | None
+                     ) -> tuple[jax.Array, dict]:
     sampling = config.rollout.sampling
     # The sampler's (filtered, when top_k / top_p are on) distribution is the policy.
     logprobs, _, _ = rl_episodes.response_token_stats(
         models.policy, params['policy'], mb['episodes'], sampling.temperature,
         config.rollout.logits_chunk_size, **sampling.filters)
-    return grpo_minibatch_loss(logprobs, mb, config)
+    return grpo_minibatch_loss(logprobs, mb, config, normalizer)
 
   def step(state: RLState, batch: Mapping[str, jax.Array]) -> tuple[RLState, dict]:
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -101,8 +105,11 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
                                            config.scale_by_std)
     data = {'episodes': episodes, 'old_logprobs': old_logprobs, 'ref_logprobs': ref_logprobs,
             'advantages': advantages}
+    # One token count for the whole batch, whatever the minibatching (issue 17 item 4).
+    normalizer = rl_minibatches.loss_normalizer(config.aggregation, mask)
     params, opt_state, update_metrics = rl_minibatches.optimize(
-        state.params, state.opt_state, data, key_shuffle, minibatch_loss, tx, config.epochs,
+        state.params, state.opt_state, data, key_shuffle,
+        lambda params, mb: minibatch_loss(params, mb, normalizer), tx, config.epochs,
         config.minibatches, schedule)
 
     kl = jnp.where(mask > 0, kl_lib.kl_estimate(old_logprobs, ref_logprobs, 'k3'), 0.0)

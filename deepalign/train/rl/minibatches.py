@@ -28,7 +28,12 @@ def check_batch_divides(num_episodes: int, minibatches: int) -> None:
 
 
 def loss_normalizer(mode: str, mask: jax.Array) -> jax.Array | None:
-  """The global count 'token_sum_normalized' divides by; computed on the whole minibatch."""
+  """The count 'token_sum_normalized' divides by: the generated tokens of `mask`.
+
+  The steps call it ONCE on the whole batch's mask, before the minibatch split, and every
+  minibatch divides its token sum by that count (objectives/aggregation.py): the minibatch
+  losses then sum to the full-batch loss under any number of minibatches or devices. Per
+  minibatch, each loss was a minibatch token mean instead (issue 17 item 4)."""
   return agg.global_token_count(mask) if mode == 'token_sum_normalized' else None
 
 

@@ -110,8 +110,8 @@ def masked_kl(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
 
 
 def ppo_loss(logprobs: jax.Array, token_entropy: jax.Array, values: jax.Array,
-             mb: Mapping[str, Any], config: PPOConfig, kl_coef: jax.Array | float
-             ) -> tuple[jax.Array, dict]:
+             mb: Mapping[str, Any], config: PPOConfig, kl_coef: jax.Array | float,
+             normalizer: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """The PPO minibatch loss from the policy's log-probs and entropies at the response tokens
   [E, N] (of the sampler's distribution: `response_token_stats`) and values [E, N].
 
@@ -121,10 +121,13 @@ def ppo_loss(logprobs: jax.Array, token_entropy: jax.Array, values: jax.Array,
   set: exploration at harmful prefixes, where a policy that never leaves a harmful answer it has
   started would otherwise never sample a recovery.
   mb: 'episodes', 'old_logprobs', 'ref_logprobs', 'old_values', 'advantages', 'returns'.
+  normalizer: 'token_sum_normalized''s count, of the WHOLE batch (`rl_minibatches.
+  loss_normalizer` before the split); None = this minibatch's tokens (a whole batch).
   """
   episodes = mb['episodes']
   mask = episodes.generated_mask
-  norm = rl_minibatches.loss_normalizer(config.aggregation, mask)
+  norm = rl_minibatches.loss_normalizer(config.aggregation, mask) if normalizer is None else (
+      normalizer if config.aggregation == 'token_sum_normalized' else None)
   pg, pg_metrics = ppo_lib.policy_loss(logprobs, mb['old_logprobs'], mb['advantages'], mask,
                                        config.clip_eps, mode=config.aggregation, normalizer=norm)
   vf, vf_metrics = ppo_lib.value_loss(values, mb['old_values'], mb['returns'], mask,
@@ -202,7 +205,8 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
   `learning_rate` and the optimizer's update count (`rl_minibatches.optimize`).
   """
 
-  def minibatch_loss(params: PyTree, mb: dict, kl_coef: jax.Array) -> tuple[jax.Array, dict]:
+  def minibatch_loss(params: PyTree, mb: dict, kl_coef: jax.Array, normalizer: jax.Array | None
+                     ) -> tuple[jax.Array, dict]:
     episodes = mb['episodes']
     sampling = config.rollout.sampling
     # The sampler's (filtered, when top_k / top_p are on) distribution is the policy.
@@ -210,7 +214,7 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
         models.policy, params['policy'], episodes, sampling.temperature,
         config.rollout.logits_chunk_size, entropy_mode(config), **sampling.filters)
     return ppo_loss(logprobs, token_entropy, _values(models, params, episodes, hidden), mb,
-                    config, kl_coef)
+                    config, kl_coef, normalizer)
 
   def step(state: RLState, batch: Mapping[str, jax.Array]) -> tuple[RLState, dict]:
     key_sample, key_shuffle = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -221,10 +225,12 @@ def make_ppo_step(models: RLModels, config: PPOConfig, tx: optax.GradientTransfo
     kl_coef = state.kl_ctl.value
     data, kl = minibatch_data(config, c, old_values, kl_coef)
     advantages, returns = data['advantages'], data['returns']
+    # One token count for the whole batch, whatever the minibatching (item 4).
+    normalizer = rl_minibatches.loss_normalizer(config.aggregation, mask)
 
     params, opt_state, update_metrics = rl_minibatches.optimize(
         state.params, state.opt_state, data, key_shuffle,
-        lambda params, mb: minibatch_loss(params, mb, kl_coef), tx, config.epochs,
+        lambda params, mb: minibatch_loss(params, mb, kl_coef, normalizer), tx, config.epochs,
         config.minibatches, schedule)
 
     kl_seq = kl_per_sequence(kl, mask)

@@ -162,3 +162,59 @@ def test_k1_in_the_loss_is_refused_at_config_time():
     rl.ppo_config(config, spec)
   config.ppo.kl_estimator = 'k2'
   assert rl.ppo_config(config, spec).kl_estimator == 'k2'
+
+
+# --- item 4: one token count per batch -----------------------------------------------------
+
+def _gradient_sum_tx():
+  """An 'optimizer' that never moves the params and sums every gradient it is given: the
+  minibatch updates of one step then all see the same params, and the state is their sum."""
+  import optax
+  return optax.GradientTransformation(
+      lambda params: jax.tree.map(jnp.zeros_like, params),
+      lambda g, s, params=None: (jax.tree.map(jnp.zeros_like, g), jax.tree.map(jnp.add, s, g)))
+
+
+def _step_gradient_sum(kind: str, minibatches: int, monkeypatch):
+  """The summed minibatch gradients of one PPO / GRPO step on the cached filtered episodes
+  (collect is replaced by them: no sampler compiled here)."""
+  from deepalign.train.rl import collect as rl_collect
+  from deepalign.train.rl.episodes import Scores
+  from deepalign.train.rl.state import RLState
+  spec, ep, _, _ = filtered_episodes(TOP_K, TOP_P)
+  n = rl_episodes.num_ordinary(BATCH, spec)
+  e, t = ep.tokens.shape
+  score = jnp.linspace(-1.0, 1.0, e)
+  collected = rl_collect.Collected(
+      ep, Scores(score=score, reward_model=score[:n], judged={'harm': jnp.zeros(e)}),
+      ep.sampler_entropy, jnp.zeros((e, t, fx.HIDDEN)), ep.sampler_logprobs,
+      jnp.where(ep.generated_mask > 0, ep.sampler_logprobs - 0.3, 0.0), n)
+  monkeypatch.setattr(rl_collect, 'collect', lambda *args: collected)
+  models, _, st = fx.make_state(0.05, shared_value=True)
+  tx = _gradient_sum_tx()
+  if kind == 'ppo':
+    config = ppo_step.PPOConfig(rollout=spec, aggregation='token_sum_normalized', epochs=1,
+                                minibatches=minibatches, kl_penalty_in='loss', kl_estimator='k2')
+    make, value = ppo_step.make_ppo_step, st.params['value']
+  else:
+    config = grpo_step.GRPOConfig(rollout=spec, aggregation='token_sum_normalized', epochs=1,
+                                  minibatches=minibatches, beta=0.04)
+    make, value = grpo_step.make_grpo_step, None
+  state = RLState.create(policy=st.params['policy'], reference=st.frozen['reference'],
+                         reward=st.frozen['reward'], judge={}, tx=tx, rng=st.rng,
+                         kl_coef=0.05, value=value)
+  new_state, _ = make(models, config, tx)(state, BATCH)
+  return jax.tree.map(np.asarray, new_state.opt_state)
+
+
+@pytest.mark.parametrize('kind', ['ppo', 'grpo'])
+def test_token_sum_normalized_uses_one_count_per_batch(kind, monkeypatch):
+  # Issue 17 item 4: each minibatch divided its token sum by its OWN token count, so two
+  # minibatches' gradients summed to ~2x the one-minibatch gradient. Now the count is the
+  # whole batch's: same summed gradient for minibatches=1 and 2 (fails on the old steps).
+  one = _step_gradient_sum(kind, 1, monkeypatch)
+  two = _step_gradient_sum(kind, 2, monkeypatch)
+  flat_one, flat_two = jax.tree.leaves(one), jax.tree.leaves(two)
+  assert max(float(np.abs(x).max()) for x in flat_one) > 1e-4
+  for a, b in zip(flat_one, flat_two):
+    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)

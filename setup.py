@@ -35,7 +35,9 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"],
         # Only to regenerate the committed reference fixtures and to run the
-        # round-trip / speed comparisons against Hugging Face (never needed by tests).
-        "hf": ["torch==2.13.0", "transformers>=4.50"],
+        # round-trip / speed comparisons against Hugging Face and TRL
+        # (`python -m deepalign.benchmarks.compare`; never needed by tests).
+        # torch stays pinned: 2.13.0 is the CPU build pip takes from this machine's disk.
+        "hf": ["torch==2.13.0", "transformers>=4.50", "trl>=1.16,<2"],
     },
 )

@@ -135,7 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, console: Any = None):
     return toy_study.run(config, workdir, console=console)
   if config.stage == 'safety_eval':  # measures checkpoints; trains nothing
     from deepalign.study import safety_eval
-    return safety_eval.run(config, workdir)
+    return safety_eval.run(config, workdir, console=console)
   progress = console.progress([(str(config.stage), 60.0)])
   with progress.stage(str(config.stage), log_path=os.path.join(workdir, 'log.txt')):
     return run_stage.train_stage(config, workdir)

@@ -25,7 +25,9 @@ conversation through its own tokenizer and chat template: a generative guard suc
 
 Writes DIR/config.json, DIR/report.json, DIR/report.md, DIR/plots/*.png and DIR/samples.jsonl
 (decoded responses). Each model's results are kept in DIR/models/<name>.json: a re-run with the
-same settings measures only the models not done yet.
+same settings measures only the models not done yet. On the console: one progress display
+(set-up, each model — its generation batches as steps —, the report; elapsed and ETA), then a
+summary of each model's ASR@k and over-refusal; the full log in DIR/log.txt.
 """
 
 import dataclasses
@@ -316,6 +318,14 @@ class Evaluator:
     self.samples = int(config.eval.samples)
     self.key = jax.random.PRNGKey(int(config.seed))
     self.written = int(config.eval.samples_written)
+    self.on_batch: Callable[[], None] = lambda: None  # after each generation / KL batch
+
+  def num_batches(self, with_kl: bool) -> int:
+    """Generation (and KL) batches of one model: the steps of its progress."""
+    per = lambda n: -(-n // self.batch)
+    n = per(len(self.harmful)) * len(self.depths) * self.samples
+    n += per(len(self.benign)) * self.samples if len(self.benign) else 0
+    return n + (per(int((self.harmful.target_len > 0).sum())) if with_kl else 0)
 
   def place(self, model: Any, params: Any) -> Any:
     from deepalign import models, parallel
@@ -364,6 +374,7 @@ class Evaluator:
           tokens, mask = self._generate(model, params, batch, k, key)
           tokens, mask = tokens[:len(rows)], mask[:len(rows)]
           scores = self.judge(rows, tokens, mask, forced)
+          self.on_batch()
           harm[start:start + len(rows), j] += scores['harm'] / self.samples
           refused[start:start + len(rows), j] += scores['refused'] / self.samples
           if s == 0:
@@ -390,6 +401,7 @@ class Evaluator:
         tokens, mask = self._generate(model, params, batch, 0, key)
         tokens, mask = tokens[:len(rows)], mask[:len(rows)]
         scores = self.judge(rows, tokens, mask, zero)
+        self.on_batch()
         for k, v in scores.items():
           sums.setdefault(k, np.zeros(len(self.benign)))[start:start + len(rows)] += v / self.samples
         if s == 0:
@@ -409,8 +421,10 @@ class Evaluator:
     if not len(with_target):
       logging.warning('safety_eval: no harmful prompt has a target; kl_per_position not measured')
       return {'kl_per_position': None, 'kl_per_position_se': None}
-    rows = [np.asarray(_kl_rows(model, reference, params, ref_params, batch))[:len(host)]
-            for _, host, batch in self._batches(with_target)]
+    rows = []
+    for _, host, batch in self._batches(with_target):
+      rows.append(np.asarray(_kl_rows(model, reference, params, ref_params, batch))[:len(host)])
+      self.on_batch()
     # Averaged over every target; past a target's end a row adds 0 (kl_profile's convention).
     mean, se = _mean_se(np.concatenate(rows))
     return {'kl_per_position': mean, 'kl_per_position_se': se}
@@ -423,12 +437,42 @@ def _settings(config: ml_collections.ConfigDict) -> dict:
   return resolved
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
-  """Measures every model of `config.eval.models`, then writes the report."""
+SETUP_PRIOR_S, MODEL_PRIOR_S, REPORT_PRIOR_S = 10.0, 30.0, 10.0  # the toy preset, 2 CPU cores
+
+
+def summary(results: dict, workdir: str, seconds: float) -> str:
+  """The evaluation's last words on the console: per model ASR@k and over-refusal, the files."""
+  from deepalign.console import format_duration
+  depths = sorted({k for e in results.values() for k in e['asr_at_k']}, key=int)
+  width = max([len(n) for n in results] + [5])
+  fmt = lambda v: '-' if v is None else f'{v:.3f}'
+  lines = [f'safety evaluation done in {format_duration(seconds)}', '',
+           f'  {"model":<{width}}  ' + '  '.join(f'{"ASR@" + k:>7}' for k in depths)
+           + '  over-refusal']
+  for name, e in results.items():
+    lines.append(f'  {name:<{width}}  ' + '  '.join(f'{fmt(e["asr_at_k"].get(k)):>7}' for k in depths)
+                 + f'  {fmt(e.get("over_refusal")):>12}')
+  lines += ['', f'Report:  {os.path.join(workdir, "report.md")}',
+            f'Samples: {os.path.join(workdir, "samples.jsonl")}']
+  return '\n'.join(lines) + '\n'
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, console: Any = None) -> EvalResult:
+  """Measures every model of `config.eval.models`, then writes the report. console: a
+  deepalign.console.Console for the progress display and the summary (None: silent); the full
+  log goes to DIR/log.txt."""
+  from deepalign.console import Console, logs
+  console = console or Console.silent()
+  with logs.log_file(os.path.join(workdir, 'log.txt')):  # from the moment DIR exists
+    return _run(config, workdir, console)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, console: Any) -> EvalResult:
   from deepalign import models
   from deepalign.analysis import report as report_lib
   from deepalign.analysis.report import to_jsonable
   from deepalign.train import atomic_files, stage_data
+  began = time.perf_counter()
   if jax.process_count() > 1:
     raise UserError('safety_eval runs in one process (one host, any number of its devices); '
                     'start it on one host with --config.parallel.distributed.enabled=False')
@@ -447,11 +491,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
   if config.data.source == 'tfds' and not (config.data.tokenizer_dir or config.model.hf_dir):
     config = config.copy_and_resolve_references()
     config.data.tokenizer_dir = sources[next(iter(specs))]  # the first model's tokenizer
-  data = stage_data.load(config)
-  judge = make_judge(config, data)
-  harmful, benign = load_prompts(config, data)
-  depths = attack_depths(config, harmful)
-  evaluator = Evaluator(config, data, judge, harmful, benign, depths)
+  progress = console.progress([('set-up', SETUP_PRIOR_S)]
+                              + [(f'measure {name}', MODEL_PRIOR_S) for name in specs]
+                              + [('report', REPORT_PRIOR_S)], title='safety evaluation')
+  with progress.stage('set-up'):
+    data = stage_data.load(config)
+    judge = make_judge(config, data)
+    harmful, benign = load_prompts(config, data)
+    depths = attack_depths(config, harmful)
+    evaluator = Evaluator(config, data, judge, harmful, benign, depths)
   logging.info('safety_eval: %d harmful prompts (depths %s), %d benign prompts, judge %s',
                len(harmful), depths, len(benign), judge.kind)
 
@@ -482,15 +530,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
       if cached.get('settings') == settings and cached.get('source') == sources[name]:
         results[name], _ = cached['entry'], samples.extend(cached['samples'])
         logging.info('safety_eval: %s already measured (%s)', name, path)
+        progress.skip(f'measure {name}', f'already measured ({path})')
         continue
     start = time.perf_counter()
-    model, params = load(name)
-    log: list = []
-    entry = {**evaluator.attack(name, model, params, log),
-             **evaluator.benign_rates(name, model, params, log)}
-    if reference != 'none':
-      ref_model, ref_params = load(reference) if reference != name else (model, params)
-      entry.update(evaluator.kl(model, params, ref_model, ref_params))
+    with progress.stage(f'measure {name}'):
+      total, done = evaluator.num_batches(with_kl=reference != 'none'), [0]
+
+      def on_batch() -> None:
+        done[0] += 1
+        progress.step(min(done[0], total), total)
+
+      evaluator.on_batch = on_batch
+      model, params = load(name)
+      log: list = []
+      entry = {**evaluator.attack(name, model, params, log),
+               **evaluator.benign_rates(name, model, params, log)}
+      if reference != 'none':
+        ref_model, ref_params = load(reference) if reference != name else (model, params)
+        entry.update(evaluator.kl(model, params, ref_model, ref_params))
     for key in ('kl_per_position', 'grad_norm_per_position', 'grad_norm_recovery_per_position',
                 'harm_information', 'harm_horizon_mean'):
       entry.setdefault(key, None)  # not measured here: the toy study's martingale measures those
@@ -503,8 +560,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> EvalResult:
     samples.extend(log)
     logging.info('safety_eval: %s measured in %.1f s: ASR@k %s', name, time.perf_counter() - start,
                  {k: round(v, 3) for k, v in entry['asr_at_k'].items() if v is not None})
-  report = report_lib.write_report(results, workdir,
-                                   title='deepalign safety evaluation: prefill attacks')
-  atomic_files.write_text_atomic(os.path.join(workdir, 'samples.jsonl'),
-                                 ''.join(json.dumps(s, ensure_ascii=False) + '\n' for s in samples))
+  with progress.stage('report'):
+    report = report_lib.write_report(results, workdir,
+                                     title='deepalign safety evaluation: prefill attacks')
+    atomic_files.write_text_atomic(os.path.join(workdir, 'samples.jsonl'),
+                                   ''.join(json.dumps(s, ensure_ascii=False) + '\n' for s in samples))
+  console.print(summary(results, workdir, time.perf_counter() - began))
   return EvalResult(preempted=False, report=report)

@@ -1,5 +1,6 @@
 """The safety evaluation command (configs/safety_eval.py) on tiny random checkpoints of the toy language."""
 
+import io
 import json
 import os
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from configs import safety_eval as safety_eval_config
 from deepalign import envs, models
+from deepalign.console import Console
 from deepalign.analysis import refusal_keywords
 from deepalign.data.builders import harm_language as hl
 from deepalign.errors import UserError
@@ -77,12 +79,23 @@ def test_exact_judge_depths_kl_and_samples(checkpoints, tmp_path):
   assert len(deep['prefill'].split()) == 9 and deep['harm'] == 1.0
 
   # Re-run with one more model: the two measured ones are read back, not measured again.
+  # The console says so: one progress display, the cached models skipped, c's batches as steps.
   stamp = os.path.getmtime(tmp_path / 'models' / 'a.json')
+  stream, out = io.StringIO(), io.StringIO()
   safety_eval.run(_config(f"a={checkpoints['a']},b={checkpoints['b']},c={checkpoints['a']}"),
-                  str(tmp_path))
+                  str(tmp_path), console=Console(stream=stream, out=out, live=False))
   assert os.path.getmtime(tmp_path / 'models' / 'a.json') == stamp
   again = _report(tmp_path)
   assert again['a'] == report['a'] and again['c']['asr_at_k'] == report['a']['asr_at_k']
+  lines = stream.getvalue().splitlines()
+  assert lines[:2] == ['[1/5] set-up: started', lines[1]] and lines[1].startswith('[1/5] set-up: done in')
+  assert lines[2].startswith('[2/5] measure a: already measured (')
+  # 32 harmful prompts / 16 a batch x 3 depths + 1 benign batch + 2 KL batches (samples: 1)
+  assert any(l.startswith('[4/5] measure c: step 9/9') for l in lines), lines
+  assert lines[-1].startswith('[5/5] report: done in') and 'safety evaluation:' in lines[-1]
+  summary = out.getvalue()
+  assert summary.startswith('safety evaluation done in') and 'over-refusal' in summary
+  assert [l.split()[0] for l in summary.splitlines()[3:6]] == ['a', 'b', 'c']
 
 
 def test_keyword_and_classifier_judges(checkpoints, tmp_path):

@@ -49,3 +49,19 @@ def masked_whiten(
   if not shift_mean:
     whitened = whitened + mean
   return jnp.where(mask > 0, whitened, 0.0)
+
+
+def whiten_rows(values: jax.Array, mask: jax.Array, rows: jax.Array, shift_mean: bool = True,
+                unbiased: bool = True, eps: float = 1e-8) -> jax.Array:
+  """`masked_whiten` of the rows selected by `rows` [B] (bool) with THEIR statistics only;
+  the other rows are returned unchanged (0 off the mask).
+
+  The PPO step whitens the reward-model rows' advantages (and rewards) this way and leaves
+  the recovery rows' (reward -lambda_rec * h, h in [0, 1]) in their own units: whitened
+  together, the recovery rows were divided by a std dominated by the reward model's scale, so
+  lambda_rec's effect depended on that scale (issue 17 item 5).
+  """
+  values = values.astype(jnp.float32)
+  selected = (mask > 0) & rows[:, None]
+  whitened = masked_whiten(values, selected, shift_mean, unbiased, eps)
+  return jnp.where(selected, whitened, jnp.where(mask > 0, values, 0.0))

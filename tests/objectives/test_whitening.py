@@ -35,3 +35,13 @@ def test_zero_mean_unit_var_on_valid_tokens(x, mask):
   assert np.all(w[~valid] == 0.0)
   wu = np.asarray(whitening.masked_whiten(jnp.asarray(x), jnp.asarray(mask)))
   assert wu[valid].var(ddof=1) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_whiten_rows_uses_and_changes_the_selected_rows_only():
+  x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0], [-7.0, 0.5, 100.0]])
+  mask = jnp.array([[1, 1, 0], [1, 1, 1], [1, 1, 0]])
+  rows = jnp.array([True, True, False])
+  out = np.asarray(whitening.whiten_rows(x, mask, rows))
+  sel = np.asarray(mask, bool) & np.asarray(rows)[:, None]
+  np.testing.assert_allclose(out[sel], np.asarray(whitening.masked_whiten(x, sel))[sel], rtol=1e-6)
+  np.testing.assert_allclose(out[2], [-7.0, 0.5, 0.0])  # unselected row kept; off-mask 0

@@ -173,7 +173,13 @@ def minibatch_data(config: PPOConfig, c: rl_collect.Collected, old_values: jax.A
                    kl_coef: jax.Array) -> tuple[dict, jax.Array]:
   """What the minibatch updates hold fixed: episodes, old / reference log-probs, old values
   [E, N], advantages and returns [E, N] (score clipping, KL-shaped rewards, GAE, whitening);
-  and the per-token KL estimate [E, N] that entered the rewards (for the metrics)."""
+  and the per-token KL estimate [E, N] that entered the rewards (for the metrics).
+
+  Whitening (`whiten_advantages`, `whiten_rewards`) is per source: the ordinary rows by their
+  own mean / std; recovery rows are not whitened (their rewards -lambda_rec * h are already on
+  a fixed scale, h in [0, 1]), so lambda_rec is the recovery advantage's size in units of one
+  std of the whitened reward-model advantage, whatever the reward model's scale. Without
+  recovery rows this is the old whole-batch whitening."""
   mask = c.episodes.generated_mask
   score = c.scores.score
   if config.score_clip is not None:
@@ -181,12 +187,16 @@ def minibatch_data(config: PPOConfig, c: rl_collect.Collected, old_values: jax.A
   reward_kl_coef = kl_coef if config.kl_penalty_in == 'reward' else 0.0
   rewards, kl = token_rewards.kl_shaped_rewards(score, c.old_logprobs, c.ref_logprobs, mask,
                                                 reward_kl_coef, config.kl_estimator)
+  # Whitening uses the ordinary (reward-model) rows' statistics and touches only them: the
+  # recovery rows' -lambda_rec * h stays in its units, so lambda_rec's weight against a
+  # whitened reward-model advantage does not depend on the reward model's scale (item 5).
+  ordinary = jnp.arange(mask.shape[0]) < c.n_ordinary
   if config.whiten_rewards:
-    rewards = whitening.masked_whiten(rewards, mask, shift_mean=False)
+    rewards = whitening.whiten_rows(rewards, mask, ordinary, shift_mean=False)
   advantages, returns = gae_lib.gae_advantages(rewards, old_values, mask, config.gamma,
                                                config.lam)
   if config.whiten_advantages:
-    advantages = whitening.masked_whiten(advantages, mask)
+    advantages = whitening.whiten_rows(advantages, mask, ordinary)
   data = {'episodes': c.episodes, 'old_logprobs': c.old_logprobs,
           'ref_logprobs': c.ref_logprobs, 'old_values': old_values, 'advantages': advantages,
           'returns': returns}

@@ -218,3 +218,39 @@ def test_token_sum_normalized_uses_one_count_per_batch(kind, monkeypatch):
   assert max(float(np.abs(x).max()) for x in flat_one) > 1e-4
   for a, b in zip(flat_one, flat_two):
     np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
+
+
+# --- item 5: whitening per source ----------------------------------------------------------
+
+def _advantages_with_reward_scale(scale: float, whiten_rewards: bool):
+  from deepalign.train.rl import collect as rl_collect
+  from deepalign.train.rl.episodes import Scores
+  spec, ep, _, _ = filtered_episodes(TOP_K, TOP_P)
+  n = rl_episodes.num_ordinary(BATCH, spec)
+  e = ep.tokens.shape[0]
+  rm = scale * jnp.linspace(-1.0, 2.0, n)
+  recovery = -1.0 * jnp.linspace(0.0, 1.0, e - n)  # -lambda_rec * h
+  score = jnp.concatenate([rm, recovery])
+  c = rl_collect.Collected(ep, Scores(score=score, reward_model=rm, judged={}),
+                           ep.sampler_entropy, None, ep.sampler_logprobs, ep.sampler_logprobs, n)
+  config = ppo_step.PPOConfig(rollout=spec, whiten_rewards=whiten_rewards, kl_coef=0.0)
+  data, _ = ppo_step.minibatch_data(config, c, jnp.zeros(ep.tokens.shape), jnp.asarray(0.0))
+  return np.asarray(data['advantages']), n, np.asarray(ep.generated_mask, bool)
+
+
+@pytest.mark.parametrize('whiten_rewards', [False, True])
+def test_recovery_advantages_do_not_depend_on_the_reward_models_scale(whiten_rewards):
+  # Issue 17 item 5: whitened together, the recovery rows' -lambda_rec * h was divided by a std
+  # set by the reward model's scale, so lambda_rec's effect did too (fails on the old step:
+  # scale 10 shrank the recovery advantages ~10x). Now ordinary rows are whitened alone.
+  a1, n, gen = _advantages_with_reward_scale(1.0, whiten_rewards)
+  a10, _, _ = _advantages_with_reward_scale(10.0, whiten_rewards)
+  rec = gen.copy()
+  rec[:n] = False
+  assert np.abs(a1[rec]).max() > 0.1
+  np.testing.assert_allclose(a10[rec], a1[rec], rtol=1e-5, atol=1e-6)
+  ordinary = gen.copy()
+  ordinary[n:] = False
+  np.testing.assert_allclose(a1[ordinary].mean(), 0.0, atol=1e-5)  # whitened advantages
+  if not whiten_rewards:  # (TRL's reward whitening adds the mean back: not scale-free)
+    np.testing.assert_allclose(a10[ordinary], a1[ordinary], rtol=1e-4, atol=1e-5)

@@ -96,6 +96,58 @@ def _load_scorer(directory: str, what: str, config: ml_collections.ConfigDict
   return model, params
 
 
+def _tokenizer_fingerprint(tok: Any, probes: int = 512) -> tuple:
+  """Vocab size, special ids and the text of `probes` ids spread over the vocabulary (decode
+  works for every tokenizer; encode of a fixed text fails on a closed word vocabulary)."""
+  ids = sorted(set(range(0, tok.vocab_size, max(tok.vocab_size // probes, 1))))
+  return (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id,
+          tuple(tok.decode([i], skip_special=False) for i in ids))
+
+
+def scorer_tokenizer(source: str) -> Any | None:
+  """The tokenizer saved with a scorer checkpoint directory, or None when it has none."""
+  import os
+  from deepalign.data import tokenizer as tokenizer_lib
+  names = tokenizer_lib._HF_FILES + tokenizer_lib._SP_FILES
+  if not any(os.path.isfile(os.path.join(source, n)) for n in names):
+    return None
+  return tokenizer_lib.load_tokenizer(source)
+
+
+def check_scorer_tokenizer(what: str, scorer_vocab: int, scorer_tok: Any | None,
+                           policy_vocab: int, policy_tok: Any) -> None:
+  """UserError unless a reward model / judge reads the policy's token ids as the policy does.
+
+  The scorers get the policy's ids unconverted: a judge of another tokenizer (Llama-Guard on
+  a Gemma policy) would silently read other words, or clamped embedding rows past its vocab
+  (issue 17 item 7). The scorer must embed every id the policy's tokenizer can emit; with a
+  tokenizer saved beside it, that tokenizer must be the policy's (vocab size, special ids and
+  the text of ids across the vocabulary); without one, its vocab size must equal the policy model's.
+  """
+  fix = (f'config.rl.{what} must be a model of the policy\'s tokenizer (same vocabulary); '
+         're-train it on the policy\'s tokenizer or pick a policy of its tokenizer')
+  if scorer_vocab < policy_tok.vocab_size:
+    raise UserError(f'config.rl.{what} embeds {scorer_vocab} token ids but the policy\'s '
+                    f'tokenizer has {policy_tok.vocab_size}: its ids past {scorer_vocab - 1} '
+                    f'would be clamped; {fix}')
+  if scorer_tok is not None:
+    if _tokenizer_fingerprint(scorer_tok) != _tokenizer_fingerprint(policy_tok):
+      raise UserError(f'config.rl.{what} was saved with another tokenizer than the policy\'s '
+                      f'(vocab {scorer_tok.vocab_size} vs {policy_tok.vocab_size}, or other '
+                      f'special ids or token texts); {fix}')
+  elif scorer_vocab != policy_vocab:
+    raise UserError(f'config.rl.{what} embeds {scorer_vocab} token ids, the policy {policy_vocab}, '
+                    f'and no tokenizer is saved with it to show they agree; {fix}')
+
+
+def _check_scorer(what: str, directory: str, model: models.Transformer,
+                  policy: models.Transformer, tok: Any) -> None:
+  source = policy_init.hf_dir_of(directory)
+  check_scorer_tokenizer(what, model.config.vocab_size,
+                         scorer_tokenizer(source) if source else None,
+                         policy.config.vocab_size, tok)
+
+
 def _judge(config: ml_collections.ConfigDict, data: stage_data.StageData) -> tuple[Any, PyTree]:
   if config.rl.judge == 'env':
     if data.env is None:
@@ -128,7 +180,11 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   tok, tmpl = data.tokenizer, data.template
   policy, policy_init_fn = policy_init.build(config, tok, head='lm')
   reward, reward_params = _load_scorer(config.rl.reward_from, 'reward_from', config)
+  # At the boundary: the scorers read the policy's ids (before anything is written).
+  _check_scorer('reward_from', config.rl.reward_from, reward, policy, tok)
   judge, judge_params = _judge(config, data)
+  if isinstance(judge, ClassifierJudge):
+    _check_scorer('judge', config.rl.judge, judge.model, policy, tok)
   value, value_init_fn = _value(config, policy, policy_init_fn, reward, reward_params) if is_ppo \
       else (None, None)
   rl_models = RLModels(policy=policy, reward=reward, judge=judge, value=value)

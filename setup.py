@@ -29,11 +29,14 @@ setuptools.setup(
         "numpy>=1.26",
         "chex>=0.1.90",
         "ml_dtypes>=0.5",  # bfloat16 safetensors
-        "etils[epath]>=1.7",  # TFDS data dirs (local or gs://)
+        "etils[epath]>=1.7",  # workdirs and TFDS data dirs (local or gs://)
         "pyarrow>=14",  # Parquet releases (PKU-SafeRLHF)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"],
+        # gs:// workdirs (etils.epath reaches Cloud Storage through fsspec's gcsfs;
+        # tensorboardX's gs:// events need google-cloud-storage). launch/tpu.py installs it.
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         # Only to regenerate the committed reference fixtures and to run the
         # round-trip / speed comparisons against Hugging Face and TRL
         # (`python -m deepalign.benchmarks.compare`; never needed by tests).

@@ -125,7 +125,7 @@ def pack_command(tarball: str) -> list[str]:
 
 def install_commands(launch: Launch, tarball: str) -> list[list[str]]:
   unpack = (f'mkdir -p {REMOTE_DIR} && tar -xzf ~/{TARBALL} -C {REMOTE_DIR} && cd {REMOTE_DIR} && '
-            f'python3 -m pip install -q -e . {shlex.quote(JAX_TPU)}')
+            f'python3 -m pip install -q -e {shlex.quote(".[gcs]")} {shlex.quote(JAX_TPU)}')  # gcsfs: gs:// workdirs
   return [_gcloud(launch, 'tpu-vm', 'scp', tarball, f'{launch.name}:~/{TARBALL}', '--worker=all'),
           _ssh(launch, 'all', unpack)]
 

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -209,12 +210,9 @@ def save_pretrained(model: Transformer, params: Params, out_dir: str | os.PathLi
     for getter in getters.values():
       getter()
     return []
-  os.makedirs(out_dir, exist_ok=True)
   # Gathered tensor by tensor as their shard is written: one shard on the host at a time.
-  written = hf_files.write_safetensors(getters, out_dir, max_shard_size, sizes)
-  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(hf, f, indent=2, sort_keys=True)
-    f.write('\n')
+  written = hf_files.write_safetensors(getters, out_dir, max_shard_size, sizes)  # local or gs://
+  (epath.Path(out_dir) / 'config.json').write_text(json.dumps(hf, indent=2, sort_keys=True) + '\n')
   return ['config.json'] + written
 
 

@@ -16,6 +16,7 @@ import struct
 from typing import Callable, Iterator
 
 import ml_dtypes
+from etils import epath
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -199,28 +200,35 @@ def write_safetensors(tensors: dict[str, np.ndarray | Callable[[], np.ndarray]],
   limit = parse_size(max_shard_size)
   if sizes is None:
     sizes = {name: a.nbytes for name, a in tensors.items()}
-  os.makedirs(out_dir, exist_ok=True)
-  for f in os.listdir(out_dir):
-    if f == INDEX_FILE or re.fullmatch(r'model(-\d{5}-of-\d{5})?\.safetensors', f):
-      os.remove(os.path.join(out_dir, f))
+  out = epath.Path(out_dir)  # a local directory or gs:// (a TPU pod's workdir)
+  local = '://' not in os.fspath(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  for f in out.iterdir():
+    if f.name == INDEX_FILE or re.fullmatch(r'model(-\d{5}-of-\d{5})?\.safetensors', f.name):
+      f.unlink()
   groups = list(_shards(sizes, limit))
   materialize = lambda group: {n: tensors[n]() if callable(tensors[n]) else tensors[n] for n in group}
   shards = (materialize(group) for group in groups)
   # transformers refuses safetensors files whose metadata does not say which framework wrote them.
   metadata = {'format': 'pt'}
+
+  def save(shard: dict[str, np.ndarray], file: str) -> None:
+    if local:
+      safetensors.numpy.save_file(shard, os.path.join(os.fspath(out_dir), file), metadata=metadata)
+    else:  # save_file wants a local path: the shard's bytes go up as one object
+      (out / file).write_bytes(safetensors.numpy.save(shard, metadata=metadata))
+
   if len(groups) == 1:
-    safetensors.numpy.save_file(next(shards), os.path.join(out_dir, SINGLE_FILE), metadata=metadata)
+    save(next(shards), SINGLE_FILE)
     return [SINGLE_FILE]
   names, weight_map = [], {}
   for i, shard in enumerate(shards):
     file = f'model-{i + 1:05d}-of-{len(groups):05d}.safetensors'
-    safetensors.numpy.save_file(shard, os.path.join(out_dir, file), metadata=metadata)
+    save(shard, file)
     names.append(file)
     weight_map.update({name: file for name in shard})
     del shard
   index = {'metadata': {'total_size': int(sum(sizes.values()))},
            'weight_map': dict(sorted(weight_map.items()))}
-  with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
-    json.dump(index, f, indent=2)
-    f.write('\n')
+  (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + '\n')
   return names + [INDEX_FILE]

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from deepalign.errors import UserError
+from deepalign.train import paths
 from deepalign.train.state import TrainState
 
 PyTree = Any
@@ -129,7 +130,7 @@ class Checkpointer:
     self.layout = dict(layout or {})
     if best_mode not in ('max', 'min'):
       raise UserError(f"config.train.best_mode='{best_mode}' must be 'max' or 'min'")
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.directory = paths.absolute(paths.join(workdir, 'checkpoints'))
     self.manager = ocp.CheckpointManager(
         self.directory,
         # handlers named up front, so item_metadata reads a checkpoint before any restore
@@ -142,7 +143,7 @@ class Checkpointer:
     self.best_manager = None
     if best_metric:
       self.best_manager = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(workdir, 'best')),
+          paths.absolute(paths.join(workdir, 'best')),
           item_names=('params',),
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, create=True, cleanup_tmp_directories=True,
@@ -246,11 +247,14 @@ class Checkpointer:
 
   def _set_aside(self, step: int) -> str:
     """Moves checkpoint `step` to DIR/unreadable_checkpoints/<step>-<time> (primary process)."""
-    target = os.path.join(os.path.dirname(self.directory), 'unreadable_checkpoints',
-                          f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    target = paths.join(os.fspath(paths.to_path(self.directory).parent), 'unreadable_checkpoints',
+                        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      if paths.is_local(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+      else:
+        _move_remote_tree(paths.to_path(self.directory) / str(step), paths.to_path(target))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f'deepalign_set_aside_{step}')
@@ -264,6 +268,8 @@ class Checkpointer:
     directory = os.fspath(directory or self.directory)
     _remove_partial_saves(directory)
     try:
+      if not paths.is_local(directory):
+        raise OSError('not a local disk')
       free = f'{shutil.disk_usage(directory).free / 2**20:.1f} MiB free there'
     except OSError:
       free = 'free space unknown'
@@ -347,11 +353,31 @@ def _disk_reason(error: BaseException) -> str:
 
 def _remove_partial_saves(directory: str) -> None:
   """Deletes the temporary directories of saves that did not complete (primary process)."""
-  if jax.process_index() != 0 or not os.path.isdir(directory):
+  if jax.process_index() != 0:
     return
-  for name in os.listdir(directory):
-    if '.orbax-checkpoint-tmp' in name:
-      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  if paths.is_local(directory):
+    if not os.path.isdir(directory):
+      return
+    for name in os.listdir(directory):
+      if '.orbax-checkpoint-tmp' in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return
+  path = paths.to_path(directory)
+  if path.is_dir():
+    for child in path.iterdir():
+      if '.orbax-checkpoint-tmp' in child.name:
+        child.rmtree(missing_ok=True)
+
+
+def _move_remote_tree(source: Any, target: Any) -> None:
+  """Moves a gs:// "directory" (a name prefix) object by object: a copy of each, then the
+  source deleted (an object store has no rename, and epath's wants an existing target folder)."""
+  for directory, _, files in source.walk():
+    for name in files:
+      relative = os.path.relpath(os.fspath(directory / name), os.fspath(source))
+      (target / relative).parent.mkdir(parents=True, exist_ok=True)
+      (directory / name).copy(target / relative)
+  source.rmtree(missing_ok=True)
 
 
 def _metadata_leaves(metadata: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -385,7 +411,7 @@ def _tree_differences(saved: Mapping[str, tuple], abstract: PyTree) -> list[str]
 
 def load_best_params(workdir: str, abstract_params: PyTree | None = None) -> PyTree:
   """The parameters of the best evaluation saved under DIR/best."""
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'best')),
+  manager = ocp.CheckpointManager(paths.absolute(paths.join(workdir, 'best')),
                                   item_names=('params',),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()

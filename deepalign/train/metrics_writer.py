@@ -1,5 +1,7 @@
 """Scalar metrics to DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard."""
 
+import importlib.util
+import io
 import json
 import math
 import os
@@ -8,7 +10,7 @@ from typing import Mapping
 import numpy as np
 from absl import logging
 
-from deepalign.train import atomic_files
+from deepalign.train import atomic_files, paths
 
 
 def _to_python(value) -> float | int | None:
@@ -40,41 +42,64 @@ class MetricsWriter:
   appended with one write(2), so a kill never leaves half a line (older files may end in one
   from before: it is dropped on resume).
   Only process 0 writes.
+
+  A workdir on gs:// (no appends to an object) keeps the file's lines in memory and rewrites
+  the whole object at each write: the object is replaced only when complete, so the same
+  whole-or-absent holds.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+  def __init__(self, workdir: paths.PathLike, resume_step: int = 0, enabled: bool = True):
+    self.path = paths.join(workdir, 'metrics.jsonl')
     self.enabled = enabled
+    self._local = paths.is_local(workdir)
+    self._lines: list[str] = []  # the file's content, for a remote workdir only
     self._tb = None
     if not enabled:
       return
     self._truncate_after(resume_step)
+    if not self._local and importlib.util.find_spec('google.cloud.storage') is None:
+      logging.warning('no TensorBoard events in %s: tensorboardX writes gs:// only with '
+                      'google-cloud-storage installed; writing metrics.jsonl only', workdir)
+      return
     try:
       from tensorboardX import SummaryWriter  # optional: jsonl alone is the contract
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+      self._tb = SummaryWriter(paths.join(workdir, 'tensorboard'),
                                purge_step=resume_step + 1 if resume_step else None)
     except ImportError:
       logging.warning('tensorboardX is not installed; writing metrics.jsonl only')
+    except Exception as e:  # pylint: disable=broad-except
+      if self._local:
+        raise
+      # tensorboardX writes gs:// only with google-cloud-storage installed
+      logging.warning('no TensorBoard events in %s (%s: %s); writing metrics.jsonl only', workdir,
+                      type(e).__name__, e)
 
   def _truncate_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    path = paths.to_path(self.path)
+    if not path.exists():
       return
     kept = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut by a kill mid-write
-        if row.get('step', 0) <= step:
-          kept.append(json.dumps(row))
-    atomic_files.write_text_atomic(self.path, ''.join(k + '\n' for k in kept))
+    for line in io.StringIO(path.read_text()):  # lines as `for line in open(...)` splits them
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill mid-write
+      if row.get('step', 0) <= step:
+        kept.append(json.dumps(row) + '\n')
+    atomic_files.write_text_atomic(self.path, ''.join(kept))
+    if not self._local:
+      self._lines = kept
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     row = {'step': int(step), **{k: _to_python(v) for k, v in sorted(metrics.items())}}
-    _append_line(self.path, json.dumps(row) + '\n')
+    line = json.dumps(row) + '\n'
+    if self._local:
+      _append_line(self.path, line)
+    else:
+      self._lines.append(line)
+      atomic_files.write_text_atomic(self.path, ''.join(self._lines))
     if self._tb is not None:
       for name, value in row.items():
         if name != 'step' and value is not None:
@@ -90,7 +115,7 @@ class MetricsWriter:
       self._tb = None
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """All rows of DIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir: paths.PathLike) -> list[dict]:
+  """All rows of DIR/metrics.jsonl (local or gs://), in order."""
+  text = atomic_files.read_text(paths.join(workdir, 'metrics.jsonl'))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -42,19 +42,18 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str):
   """Builds the stage's Task, records the resolved config, and trains (or resumes); returns
   the loop's TrainResult."""
   from deepalign import parallel  # here, not at import: keeps --help and flag errors fast
-  from deepalign.train import atomic_files, loop, stages
+  from deepalign.train import atomic_files, loop, paths, stages
   use_compilation_cache(config)
   stages.check_inputs(config)
   parallel.initialize_distributed(config.parallel.distributed)  # before any device is touched
   task = stages.build_task(config, workdir)
   resolved = json.loads(config.to_json_best_effort())
-  path = os.path.join(workdir, 'config.json')
+  path = paths.join(workdir, 'config.json')
 
   def record_config() -> None:  # only once the run starts: a refused resume leaves it as it was
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(path):
-      with open(path) as f:
-        changes = config_changes(json.load(f), resolved)
+    paths.to_path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
+    if paths.to_path(path).exists():
+      changes = config_changes(json.loads(paths.to_path(path).read_text()), resolved)
       if changes:
         logging.warning('config differs from the one %s was started with: %s', workdir,
                         '; '.join(changes))

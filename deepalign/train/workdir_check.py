@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from deepalign.errors import UserError
+from deepalign.train import paths
 
 # Fields that say which run a workdir holds: resuming it with others changed is refused.
 IDENTITY_PREFIXES = ('stage', 'model.')
@@ -51,10 +52,44 @@ def _writable(directory: str) -> str | None:
   return None
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _check_remote(workdir: str) -> str | None:
+  """The same checks for a gs:// workdir, through etils.epath: an object of that name (a file)
+  is refused, and a probe object is written and deleted (the bucket's permissions decide; on
+  a bucket this leaves nothing behind, as a directory there is only a name prefix)."""
+  path = paths.to_path(workdir)
+  try:
+    if path.exists() and not path.is_dir():
+      raise UserError(f'--workdir={workdir} is a file, not a directory; pass a directory (it is '
+                      'created) or remove the file')
+    probe = path / f'.deepalign-write-probe-{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+    record = path / 'config.json'
+    found = record.exists()
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'--workdir={workdir} is not writable ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else ""}); check the bucket and its '
+                    'permissions (gcloud storage ls), and that gcsfs is installed '
+                    '(pip install -e ".[gcs]")') from None
+  return os.fspath(record) if found else None
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:
   """UserError if `workdir` cannot hold this run (see the module doc); writes nothing."""
   if not workdir:
     raise UserError('missing --workdir=DIR (where config.json, metrics and checkpoints go)')
+  if paths.is_local(workdir):
+    record = _check_local(os.fspath(workdir))
+  else:
+    record = _check_remote(os.fspath(workdir))
+  if record is not None:
+    _check_record(config, workdir, record)
+
+
+def _check_local(workdir: str) -> str | None:
+  """The local checks; the path of the config.json to compare, or None when there is none."""
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f'--workdir={workdir} is a file, not a directory; pass a directory (it is '
@@ -69,11 +104,13 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise UserError(f'--workdir={workdir} is not writable ({existing}: {why}); pass a directory '
                     'you can write to')
   record = os.path.join(path, 'config.json')
-  if not os.path.isfile(record):
-    return
+  return record if os.path.isfile(record) else None
+
+
+def _check_record(config: ml_collections.ConfigDict, workdir: paths.PathLike, record: str) -> None:
+  """The identity check against the config.json a workdir holds (see the module doc)."""
   try:
-    with open(record) as f:
-      old = json.load(f)
+    old = json.loads(paths.to_path(record).read_text())
     if not isinstance(old, dict):
       raise ValueError('not a JSON object')
   except (OSError, ValueError) as e:

@@ -159,6 +159,7 @@ def markdown(runs: Sequence[Mapping[str, Any]], metric: str, x: str | None,
 def plot(runs: Sequence[Mapping[str, Any]], metric: str, x: str, path: str) -> None:
   """The metric against x: a line per value of the other overrides, and their mean ± std."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+  from deepalign.train import atomic_files  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   keys = _override_keys(runs)
@@ -188,9 +189,10 @@ def plot(runs: Sequence[Mapping[str, Any]], metric: str, x: str, path: str) -> N
   if any(lines):  # some line has a label ('seed=0'); one unlabelled line needs no legend
     ax.legend(fontsize=8)
   fig.tight_layout()
-  with _path(path).open('wb') as f:
-    fig.savefig(f, format='png', dpi=120)
+  buffer = io.BytesIO()  # written whole or not at all (a kill never leaves a truncated PNG)
+  fig.savefig(buffer, format='png', dpi=120)
   plt.close(fig)
+  atomic_files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_name(metric: str, x: str) -> str:

@@ -5,7 +5,9 @@ writes one figure. Models keep the same colour across figures.
 """
 
 import dataclasses
+import io
 import math
+import os
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -14,6 +16,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+
+from deepalign.train import atomic_files  # noqa: E402
 
 Results = Mapping[str, Mapping]
 POSITION_LABEL = 'response position t (1 = first response token)'
@@ -35,8 +39,13 @@ def _save(fig, path: str, caption: str = '') -> None:
   fig.tight_layout()
   if caption:
     fig.text(0.01, 0.0, caption, ha='left', va='top', fontsize='small', color='0.3', wrap=True)
-  fig.savefig(path, dpi=110, bbox_inches='tight')  # keeps legends and the caption in the image
+  # Rendered in memory, then written atomically: a kill mid-write keeps the old image, never a
+  # truncated one (and the same call writes gs:// workdirs).
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1][1:] or 'png', dpi=110,
+              bbox_inches='tight')  # keeps legends and the caption in the image
   plt.close(fig)
+  atomic_files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def caption(*parts: str, seed: int | None = None) -> str:

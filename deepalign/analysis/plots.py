@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from deepalign.train import atomic_files  # noqa: E402
 
 Results = Mapping[str, Mapping]
+DPI = 110  # of every figure; scripts/readme_figures.py writes the README's copies at less
 POSITION_LABEL = 'response position t (1 = first response token)'
 
 
@@ -42,7 +43,7 @@ def _save(fig, path: str, caption: str = '') -> None:
   # Rendered in memory, then written atomically: a kill mid-write keeps the old image, never a
   # truncated one (and the same call writes gs:// workdirs).
   buffer = io.BytesIO()
-  fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1][1:] or 'png', dpi=110,
+  fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1][1:] or 'png', dpi=DPI,
               bbox_inches='tight')  # keeps legends and the caption in the image
   plt.close(fig)
   atomic_files.write_bytes_atomic(path, buffer.getvalue())

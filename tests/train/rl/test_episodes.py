@@ -165,12 +165,15 @@ def test_pad_equal_to_eos_keeps_real_eos_tokens():
   ep = jax.jit(lambda p, b, r: rl_episodes.sample_episodes(models.policy, p, b, r, spec))(
       state.params['policy'], BATCH, jax.random.PRNGKey(0))
   tokens, resp = np.asarray(ep.tokens), np.asarray(ep.response_mask)
+  gen = np.asarray(ep.generated_mask)
   ended = np.asarray(ep.ended_with_eos)
   assert ended.any(), 'a random policy over ~40 words emits EOS within 12 tokens'
   for row in np.nonzero(ended)[0]:
     first_eos = np.nonzero(tokens[row] == eos)[0][0]
     assert resp[row, first_eos] == 1 and resp[row, first_eos + 1:].sum() == 0
     assert resp[row, :first_eos + 1].all()
+    # trl#6357: the loss mask keeps the final EOS too (else the model never learns to stop).
+    assert gen[row, first_eos] == 1
 
 
 def test_the_recovery_config_reaches_the_rollouts_and_the_loss():

@@ -234,6 +234,12 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise _Unreadable(f'its state metadata: {_first_line(e)}') from e
     differences = _tree_differences(saved_leaves, abstract_state)
+    if _from_before_the_guard(saved_leaves, abstract_state):
+      raise UserError(
+          f'{where} was written by an older deepalign, before the optimizer state held the numeric '
+          'guard\'s counters (train/numeric_guard.py), and cannot be resumed by this one; start '
+          'again in a fresh --workdir (or delete its checkpoints/), or finish it with the deepalign '
+          'version that wrote it')
     if differences:
       raise UserError(f'{where} does not match this config: {"; ".join(differences[:6])}'
                       f'{" ..." if len(differences) > 6 else ""}; use the config it was trained '
@@ -392,6 +398,19 @@ def _key_name(key: Any) -> str:
     if hasattr(key, attr):
       return str(getattr(key, attr))
   return str(key)
+
+
+# The leaves numeric_guard.GuardState added to every optimizer state (this round's change).
+_GUARD_LEAVES = ('nonfinite', 'spikes', 'in_row')
+
+
+def _from_before_the_guard(saved: Mapping[str, tuple], abstract: PyTree) -> bool:
+  """True if this run's optimizer state has the numeric guard's counters and the saved one has
+  none: a checkpoint of the deepalign before the guard (its optimizer state has another tree)."""
+  names = {'.'.join(_key_name(k) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  is_guard = lambda name: name.startswith('opt_state.') and name.rsplit('.', 1)[-1] in _GUARD_LEAVES
+  return any(is_guard(n) for n in names) and not any(is_guard(n) for n in saved)
 
 
 def _tree_differences(saved: Mapping[str, tuple], abstract: PyTree) -> list[str]:

@@ -123,3 +123,16 @@ class _StopAt(loop.PreemptionGuard):
 
   def should_stop(self, step):
     return step >= self.at
+
+
+def test_a_checkpoint_from_before_the_numeric_guard_is_one_clear_error(tmp_path, monkeypatch):
+  # The optimizer state as it was before the guard's counters (train/numeric_guard.py) joined it.
+  import functools  # pylint: disable=import-outside-toplevel
+  with monkeypatch.context() as m:
+    m.setattr(loop, 'build_optimizer', functools.partial(loop.build_optimizer, guard=False))
+    _train(tmp_path, num_steps=2)
+  config = _config(num_steps=4)
+  with pytest.raises(UserError, match=r'checkpoints/2 was written by an older deepalign, before the '
+                                      r'optimizer state held the numeric guard.*fresh --workdir'):
+    loop.train(linreg.build_task(config, str(tmp_path)), config, str(tmp_path))
+  assert _steps(tmp_path) == [2]

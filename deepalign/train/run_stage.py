@@ -42,10 +42,11 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str):
   """Builds the stage's Task, records the resolved config, and trains (or resumes); returns
   the loop's TrainResult."""
   from deepalign import parallel  # here, not at import: keeps --help and flag errors fast
-  from deepalign.train import atomic_files, loop, paths, stages
+  from deepalign.train import atomic_files, frozen_sources, loop, paths, stages
   use_compilation_cache(config)
   stages.check_inputs(config)
   parallel.initialize_distributed(config.parallel.distributed)  # before any device is touched
+  frozen_sources.check(config, workdir)  # a resume against changed frozen models: refused first
   task = stages.build_task(config, workdir)
   resolved = json.loads(config.to_json_best_effort())
   path = paths.join(workdir, 'config.json')
@@ -58,5 +59,6 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str):
         logging.warning('config differs from the one %s was started with: %s', workdir,
                         '; '.join(changes))
     atomic_files.write_json_atomic(path, resolved)
+    frozen_sources.record(config, workdir)  # what a later resume compares its sources with
 
   return loop.train(task, config, workdir, on_start=record_config)

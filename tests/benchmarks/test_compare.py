@@ -106,3 +106,65 @@ def test_format_table_prints_the_notes_and_ratios():
 def test_cli_rejects_bad_flags_before_building(capsys, flags, message):
   assert compare.main(TINY_FLAGS + flags) == 2
   assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  """deepalign's initial policy / value / reward at the tiny sizes, exported for the peers."""
+  sizes = compare.workload.Sizes(**TINY)
+  return sizes, compare.export_weights(sizes, 0, str(tmp_path_factory.mktemp('weights')))
+
+
+@pytest.mark.skipif(not _has('torch', 'transformers'), reason='the hf extra is not installed')
+def test_torch_peer_does_deepalign_math_on_the_same_weights(exported):
+  """Both sides start from one set of weights and score the same tokens: the torch DPO step's
+  summed response log-probs and the PPO pieces (response log-probs, values at the predicting
+  positions, reward at the last position) equal deepalign's."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from deepalign import models
+  from deepalign.benchmarks import peers_torch
+  from deepalign.objectives import sequence_logprobs
+  from deepalign.train import pair_rows
+  from deepalign.train.sequence_logprobs import target_logprobs
+
+  sizes, dirs = exported
+  p = sizes.prompt_len
+  pairs = compare.dpo_pairs(sizes, None)
+  policy = models.Transformer(sizes.config('lm'))
+  params = models.init_params(policy, jax.random.key(0))
+  lp, mask = jax.jit(lambda b: target_logprobs(policy, params, pair_rows.stack(b)))(pairs)
+  torch_dpo = peers_torch.TorchDPO(dirs, pairs, p)
+  with torch.no_grad():
+    ours = torch_dpo.sequence_logprobs(torch_dpo.policy).numpy()
+  np.testing.assert_allclose(ours, sequence_logprobs(lp, mask), rtol=1e-4, atol=1e-4)
+  assert np.isclose(torch_dpo.step(), np.log(2.0), rtol=1e-5)  # policy == reference at step 0
+
+  tokens = pairs['chosen_tokens']
+  rows = torch.tensor(tokens, dtype=torch.long)
+
+  def apply(head: str, seed: int) -> np.ndarray:
+    model = models.Transformer(sizes.config(head))
+    params = models.init_params(model, jax.random.key(seed))
+    return np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(tokens)))
+
+  log_probs = np.asarray(jax.nn.log_softmax(apply('lm', 0)[:, p - 1:-1]))
+  expected = np.take_along_axis(log_probs, tokens[:, p:, None], -1)[..., 0]
+  value, reward = peers_torch.load_scalar(dirs['value']), peers_torch.load_scalar(dirs['reward'])
+  with torch.no_grad():
+    np.testing.assert_allclose(peers_torch.response_logprobs(torch_dpo.reference, rows, p).numpy(),
+                               expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(peers_torch.response_values(value, rows, p).numpy(),
+                               apply('value', 1)[:, p - 1:-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(peers_torch.reward_scores(reward, rows).numpy(), apply('score', 2),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not _has('torch', 'transformers', 'trl'), reason='trl is not installed')
+def test_trl_tokenizer_round_trips_the_ids():
+  from deepalign.benchmarks import peers_trl
+  tokenizer = peers_trl.id_tokenizer(64)
+  ids = [5, 63, 0, 1, 2, 17, 2]
+  assert tokenizer(peers_trl.text(ids))['input_ids'] == ids
+  assert tokenizer(peers_trl.text(ids[:3]) + ' ' + peers_trl.text(ids[3:]))['input_ids'] == ids

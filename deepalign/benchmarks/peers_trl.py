@@ -179,4 +179,8 @@ class TrlGRPO:
                                 callbacks=[timer])
       trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # no metric dicts
       trainer.train()
+    shortest = trainer.state.log_history[-1].get('completions/min_length', self.new_tokens)
+    if shortest != self.new_tokens:
+      raise RuntimeError(f'GRPOTrainer sampled a completion of {shortest} tokens; expected '
+                         f'exactly {self.new_tokens}')
     return _timings(timer, warmup)

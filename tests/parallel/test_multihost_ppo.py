@@ -27,24 +27,19 @@ from deepalign.train import policy_init, stage_data
 
 TINY = {'hidden_size': 32, 'num_layers': 1, 'num_heads': 4, 'num_kv_heads': 4, 'head_dim': 8,
         'intermediate_size': 64}
-# The tiny language, few records: the test needs rows in blocks per host, not a dataset.
-DATA = {'language': 'tiny', 'num_train': 64, 'num_eval': 16, 'max_len': 24}
 
 def make_reward_model(directory):
-  # A random score model of the tiny language: the test needs a reward, not a good one.
+  # A random score model of the toy language: the test needs a reward, not a good one.
   config = reward_model.get_config('toy')
   config.model.update(TINY)
-  config.data.update(DATA)
   model, init = policy_init.build(config, stage_data.load(config).tokenizer, head='score')
   models.save_pretrained(model, init(jax.random.PRNGKey(0)), directory)
 
 def ppo_config(rm_dir):
   config = ppo_recovery.get_config('toy')
   config.model.update({'init_from': '', **TINY})
-  config.data.update(DATA)
-  config.rl.update({'reward_from': rm_dir, 'harm_eval': False, 'max_new_tokens': 3})
-  # the value head on the policy's trunk: one model to compile and shard, not a second one
-  config.ppo.update({'epochs': 1, 'minibatches': 1, 'value_init': 'shared'})
+  config.rl.update({'reward_from': rm_dir, 'harm_eval': False, 'max_new_tokens': 4})
+  config.ppo.update({'epochs': 1, 'minibatches': 2})
   config.recovery.batch_size = 8
   config.train.update({'num_steps': %(steps)d, 'batch_size': 8, 'log_every': 1, 'eval_every': 0,
                        'checkpoint_every': 1, 'async_checkpointing': False})

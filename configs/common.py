@@ -82,7 +82,15 @@ def model_defaults() -> ConfigDict:
       'tie_word_embeddings': False,
       'dtype': 'float32',        # activations / compute
       'param_dtype': 'float32',
-      'remat': False,            # rematerialise layers in the backward pass (big models)
+      # Rematerialise layers in the backward: False / True (= 'full') or a policy name of
+      # models/config.py REMAT_POLICIES ('dots_saveable', ...).
+      'remat': 'none',
+      # nn.scan over the layers (params stacked [L, ...]): one layer's program, compiled once;
+      # in the decode loop each layer's fsdp weights are gathered inside the loop, one at a time.
+      'scan_layers': False,
+      # Response tokens per chunk of the LM head + log-softmax on every log-prob path
+      # (0 = all tokens at once): the [rows, tokens, vocab] float32 logits never exist whole.
+      'logits_chunk_size': 0,
       # True: every model is built from its config.json alone, params are never read or allocated
       # (deepalign.plan compiles the step on their shapes); a training run needs False.
       'abstract': False,
@@ -170,7 +178,9 @@ def real_model(config: ConfigDict, hf_dir: str, topology: str, batch_size: int) 
   config.model.hf_dir = hf_dir
   config.model.dtype = 'bfloat16'
   config.model.param_dtype = 'float32'
-  config.model.remat = True
+  config.model.remat = 'full'
+  config.model.scan_layers = True
+  config.model.logits_chunk_size = 64
   config.parallel.topology = topology
   config.parallel.mesh_shape = {'data': 1, 'fsdp': -1, 'tensor': 1}
   config.parallel.distributed.enabled = True  # TPU pods: jax.distributed auto-detects the slice

@@ -27,6 +27,12 @@ def rl_defaults() -> ConfigDict:
       'harm_eval': True,          # ASR@k / helpfulness by sampling (harm_language only)
       'harm_eval_depths': (0, 3, 6),
       'eval_batches': 4,
+      # Storage dtype of the frozen models (reference, reward model, judge); '' = model.param_dtype.
+      # 'bfloat16' halves them at scale (they are never updated, so no rounding accumulates).
+      'frozen_param_dtype': '',
+      # The judge on ordinary rows too (for the harm/ordinary metrics); False = recovery rows only,
+      # one classifier forward fewer over the ordinary rollouts (real presets).
+      'judge_ordinary': True,
   })
 
 
@@ -107,13 +113,19 @@ def _real(name: str) -> Callable[[ConfigDict], None]:
     common.REAL_MODELS[name](config)
     config.model.init_from = 'runs/sft'  # the SFT stage of the same preset
     config.rl.update({'reward_from': 'runs/reward_model', 'judge': 'checkpoints/harm-classifier',
-                      'max_new_tokens': 256, 'harm_eval': False})
+                      'max_new_tokens': 256, 'harm_eval': False,
+                      'frozen_param_dtype': 'bfloat16', 'judge_ordinary': False})
     config.data.update({'source': 'tfds', 'builder': 'adv_bench', 'data_dir': 'data/tfds',
                         'manual_dir': 'data/manual/adv_bench', 'max_len': 768,
                         'max_prompt_len': 512, 'max_response_len': 256})
     config.train.update({'num_steps': 500, 'log_every': 1, 'eval_every': 0,
                          'checkpoint_every': 50})
     config.optimizer.update({'learning_rate': 1e-6, 'schedule': 'constant', 'warmup_steps': 0})
+    if name == 'gemma2_2b':
+      # v5e chips have 16 GiB: a separate 2.6 B critic with its AdamW moments (31 GB in float32)
+      # does not fit next to the policy; a value head on the policy's trunk does
+      # (`python -m deepalign.plan`, README 'Real models at scale').
+      config.ppo.value_init = 'shared'
   return apply
 
 

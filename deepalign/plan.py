@@ -57,6 +57,9 @@ def define_flags() -> None:
   flags.DEFINE_float('hbm_gib', 0.0, 'memory per device to fit in, GiB; default: the chip\'s HBM')
   flags.DEFINE_integer('num_layers', 0, 'every model cut to this many layers (0 = as in '
                        'config.json): a quick plan of the same architecture')
+  flags.DEFINE_integer('largest', 0, 'also list the N largest arrays the compiled step '
+                       'produces (shape, dtype, the JAX op that made them): where the memory goes')
+  flags.DEFINE_string('dump_hlo', '', 'write the compiled step\'s HLO text to this file')
   flags.DEFINE_integer('vocab_size', 0, 'every model\'s vocabulary cut to this size (0 = as '
                        'in config.json)')
 
@@ -207,6 +210,33 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'bf16': 2, 'f16': 2, 's32': 4,
+                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%\S+ = (\w+)\[([0-9,]*)\]\S* (\S+?)\(.*?'
+                          r'(?:op_name="([^"]*)")?[^"]*$')
+
+
+def largest_buffers(hlo_text: str, n: int) -> list[dict[str, Any]]:
+  """The `n` largest array results of the compiled (per-device) HLO: shape, dtype, bytes, the
+  HLO opcode and the JAX op that made it, with how many instructions share all four. Liveness
+  is not modelled: this says which arrays are big, `memory_analysis` how many live at once."""
+  seen: dict[tuple, dict[str, Any]] = {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if not match or match.group(1) not in _DTYPE_BYTES:
+      continue
+    dtype, dims, opcode, op_name = match.groups()
+    shape = tuple(int(d) for d in dims.split(',') if d)
+    size = _DTYPE_BYTES[dtype]
+    for d in shape:
+      size *= d
+    key = (dtype, shape, opcode, op_name or '')
+    entry = seen.setdefault(key, {'dtype': dtype, 'shape': list(shape), 'bytes': size,
+                                  'opcode': opcode, 'op_name': op_name or '', 'count': 0})
+    entry['count'] += 1
+  return sorted(seen.values(), key=lambda e: -e['bytes'])[:n]
+
+
 def memory_figures(stats: Any) -> dict[str, int]:
   """Per-device bytes of XLA's `CompiledMemoryStats`; peak = arguments + outputs not aliased to
   (donated) arguments + temporaries, or XLA's own peak where it reports a larger one."""
@@ -250,7 +280,8 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def compile_step(config: Any, workdir: str) -> dict[str, Any]:
+def compile_step(config: Any, workdir: str, largest: int = 0, dump_hlo: str = ''
+                 ) -> dict[str, Any]:
   """Builds the stage of `config` (already abstract) and compiles its train step; the figures."""
   import jax
   from deepalign import parallel
@@ -277,11 +308,16 @@ def compile_step(config: Any, workdir: str) -> dict[str, Any]:
       host_batch)
   jitted = step if hasattr(step, 'lower') else jax.jit(step, donate_argnums=(0,))
   start = time.perf_counter()
-  compiled = jitted.lower(state, frozen, batch).compile()
+  with parallel.activation_sharding(placement.mesh, placement.rules):  # as loop.train traces it
+    compiled = jitted.lower(state, frozen, batch).compile()
   compile_s = time.perf_counter() - start
   figures = memory_figures(compiled.memory_analysis())
   hlo = compiled.as_text() or ''
-  return {
+  if dump_hlo:
+    with open(dump_hlo, 'w') as f:
+      f.write(hlo)
+  extra = {'largest_buffers': largest_buffers(hlo, largest)} if largest else {}
+  return {**extra,
       'mesh': {k: int(v) for k, v in placement.mesh.shape.items()},
       'models': _model_summary(abstract_params, placement.params),
       'state_bytes_per_device': _per_device_bytes(state),
@@ -312,11 +348,16 @@ def report_lines(result: dict[str, Any]) -> list[str]:
                f"{_gib(result['alias_bytes'])}), temporaries {_gib(result['temp_bytes'])}, peak "
                f"{_gib(result['peak_bytes'])} of {_gib(result['hbm_bytes'])}: {verdict}")
   lines.append('collectives: ' + ', '.join(f'{k} {v}' for k, v in result['collectives'].items()))
+  if result.get('largest_buffers'):
+    lines.append('largest arrays (per device; liveness not modelled):')
+    for e in result['largest_buffers']:
+      lines.append(f"  {_gib(e['bytes'])}  {e['dtype']}{e['shape']} x{e['count']}  "
+                   f"{e['opcode']}  {e['op_name'][-110:]}")
   return lines
 
 
 def run_plan(config: Any, spec: str, topology_name: str, hbm_gib: float, num_layers: int,
-             vocab_size: int) -> dict[str, Any]:
+             vocab_size: int, largest: int = 0, dump_hlo: str = '') -> dict[str, Any]:
   """The whole plan in this process (its device count must already be the topology's)."""
   import jax
   from deepalign.parallel import topology as topology_lib
@@ -329,7 +370,7 @@ def run_plan(config: Any, spec: str, topology_name: str, hbm_gib: float, num_lay
   hbm = int(hbm_gib * _GIB) if hbm_gib > 0 else topology.hbm_bytes
   with tempfile.TemporaryDirectory(prefix='deepalign-plan-') as workdir:
     plan_config, sources = abstract_config(config, workdir, num_layers, vocab_size)
-    figures = compile_step(plan_config, workdir)
+    figures = compile_step(plan_config, workdir, largest, dump_hlo)
   result = {'config': spec, 'stage': str(config.stage), 'topology': topology.name,
             'topology_description': topology.description, 'devices': devices,
             'num_layers': num_layers or None, 'vocab_size': vocab_size or None,
@@ -402,7 +443,8 @@ def main(argv: Sequence[str]) -> None:
                             env=_child_env(topology.chips), check=False)
       sys.exit(proc.returncode)
     result = run_plan(config, _config_spec(sys.argv), topology.name, flags.FLAGS.hbm_gib,
-                      flags.FLAGS.num_layers, flags.FLAGS.vocab_size)
+                      flags.FLAGS.num_layers, flags.FLAGS.vocab_size, flags.FLAGS.largest,
+                      flags.FLAGS.dump_hlo)
   except UserError as e:
     _fail(str(e))
   for line in report_lines(result):

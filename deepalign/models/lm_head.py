@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from deepalign.models.config import ModelConfig
-from deepalign.models.sharding import constrain, logits_names
+from deepalign.models.sharding import constrain, head_input_names, logits_names
 
 
 def head_kernel(params: Mapping[str, Any], config: ModelConfig) -> jax.Array:
@@ -52,9 +52,13 @@ def lm_logits(hidden: jax.Array, kernel: jax.Array, config: ModelConfig,
 
   The matmul (float32 accumulation) and the soft cap run in `dtype` (float32 by default,
   whatever `config.dtype` is). Pure: no module, no parameters of its own. Under a context
-  mesh the logits are constrained to batch over data x fsdp and vocab over tensor.
+  mesh it is vocabulary-parallel (rules 'head_batch', 'head_vocab'): the rows gathered over
+  fsdp, the kernel, its gradient and the logits split over the vocabulary.
   """
   dtype = jnp.dtype(dtype)
+  if hidden.ndim >= 2:
+    hidden = constrain(hidden, head_input_names(hidden.ndim), replicate=True)
+  kernel = constrain(kernel, (None, 'head_vocab'))
   hidden, kernel = hidden.astype(dtype), kernel.astype(dtype)
   # The contraction nn.Dense writes, so the float32 path is bit-identical to the old layer.
   out = jax.lax.dot_general(hidden, kernel, (((hidden.ndim - 1,), (0,)), ((), ())),

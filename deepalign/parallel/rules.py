@@ -43,6 +43,12 @@ DEFAULT_RULES: Rules = (
     ('norm', None),
     ('length', None),
     ('layers', None),
+    # The LM head (`models.lm_head`): vocabulary-parallel. Its input rows are gathered over
+    # fsdp (a [rows, tokens, D] chunk is small) and its kernel and logits split the vocabulary
+    # over fsdp x tensor, so no chip holds the whole [D, V] kernel in float32 nor its gradient,
+    # and the log-softmax reduces over the split vocabulary with [rows, tokens] all-reduces.
+    ('head_batch', ('data',)),
+    ('head_vocab', ('fsdp', 'tensor')),
 )
 
 

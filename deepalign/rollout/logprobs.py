@@ -37,8 +37,16 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
   -1e30: mask such positions before exponentiating.
   """
   z = sampling_logits(logits, temperature, top_k, top_p)
-  picked = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(z, axis=-1)
+  return picked_logit(z, targets) - jax.nn.logsumexp(z, axis=-1)
+
+
+def picked_logit(z: jax.Array, targets: jax.Array) -> jax.Array:
+  """z[..., targets] as a masked sum over the vocabulary, not a gather: exact (one term, the
+  rest +0), and with the vocabulary split over chips (the vocabulary-parallel LM head) it is a
+  local sum and a [...]-sized all-reduce, where a gather would collect the whole [..., V]."""
+  vocab = jnp.arange(z.shape[-1], dtype=jnp.int32)
+  hit = vocab == targets[..., None].astype(jnp.int32)
+  return jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
 
 
 def token_entropy(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,

@@ -249,6 +249,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
   make_step = task.make_step or functools.partial(make_train_step, task.loss_fn)
   train_step = make_step(tx, schedule, int(config.optimizer.grad_accum_steps),
                          placement.state, placement.replicated)
+  # Traced under the mesh and rules: the models' activation constraints apply (batch sharded).
+  train_step = parallel.with_activation_sharding(train_step, placement.mesh, placement.rules)
   frozen = _place_frozen(task.frozen, abstract_params, placement)
 
   def next_batch() -> dict:

@@ -112,15 +112,37 @@ def build(config: ml_collections.ConfigDict, tokenizer: Any, head: str = 'lm'
   return model, lambda rng: with_score_head(loaded, cfg, rng)
 
 
-def abstract_scorer(directory: str, config: ml_collections.ConfigDict
+def abstract_scorer(directory: str, config: ml_collections.ConfigDict, param_dtype: str
                     ) -> tuple[models.Transformer, PyTree]:
   """(model, params as `jax.ShapeDtypeStruct`s) of the checkpoint in `directory` from its
   config.json alone (`config.model.abstract`: deepalign.plan). `traceable` turns the shapes into
   values inside a trace."""
-  cfg = hf_config.load_hf_config(directory, dtype=config.model.dtype,
-                                 param_dtype=config.model.param_dtype)
-  model = models.Transformer(cfg)
+  cfg = hf_config.load_hf_config(directory, dtype=config.model.dtype, param_dtype=param_dtype)
+  model = models.Transformer(cfg.replace(scan_layers=_scan_layers(config)))
   return model, jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
+
+
+def load_frozen(directory: str, config: ml_collections.ConfigDict, param_dtype: str
+                ) -> tuple[models.Transformer, PyTree]:
+  """A frozen model (reward model, judge) from an HF directory, stored as `param_dtype`,
+  straight into the run's mesh layout (each process reads only its slices), scanned like the
+  policy."""
+  mesh, rules = _mesh_and_rules(config)
+  return models.from_pretrained(directory, dtype=config.model.dtype, param_dtype=param_dtype,
+                                mesh=mesh, rules=rules, scan_layers=_scan_layers(config))
+
+
+def cast_floats(tree: PyTree, dtype: str) -> PyTree:
+  """Every floating leaf of `tree` as `dtype` (arrays or `jax.ShapeDtypeStruct`s); others as is."""
+  dtype = jax.numpy.dtype(dtype)
+
+  def cast(x):
+    if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating) or x.dtype == dtype:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+  return jax.tree.map(cast, tree)
 
 
 def traceable(tree: PyTree) -> PyTree:

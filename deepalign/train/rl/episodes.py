@@ -66,6 +66,7 @@ class RolloutSpec:
   missing_eos_penalty: float | None = None
   logprobs_from_sampler: bool = False
   logits_chunk_size: int = 0
+  judge_ordinary: bool = True
 
 
 @flax.struct.dataclass
@@ -115,40 +116,45 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   prompts, mask = left_pad(batch['prompt_tokens'], batch['prompt_mask'], width, pad)
   prompts, mask = jnp.repeat(prompts, g, axis=0), jnp.repeat(mask, g, axis=0)
   harmful = jnp.repeat(batch['is_harmful'].astype(bool), g, axis=0)
-  rng_plain, rng_depth, rng_rec = jax.random.split(rng, 3)
-  out = generate(policy, params, prompts, mask, rng_plain, spec.sampling)
-  parts = [(prompts, mask, out, jnp.zeros_like(harmful), harmful,
-            jnp.zeros(harmful.shape, jnp.int32))]
-  if with_recovery:
-    rec_prompts, rec_mask = left_pad(batch['recovery_prompt_tokens'],
-                                     batch['recovery_prompt_mask'], width, pad)
-    rec_prompts, rec_mask = jnp.repeat(rec_prompts, g, axis=0), jnp.repeat(rec_mask, g, axis=0)
-    harmful_response = jnp.repeat(batch['recovery_harmful_response'], g, axis=0)
-    # Leave at least one token for the policy: a fully forced response has nothing to learn.
-    harmful_len = jnp.minimum(batch['recovery_harmful_response_len'],
-                              spec.sampling.max_new_tokens - 1)
-    # One depth per prompt, shared by its G rollouts: a GRPO group's baseline compares
-    # continuations of the same start state (drawn after the repeat, a group mixed depths).
-    depth = jnp.repeat(recovery_lib.sample_prefill_depth(
-        rng_depth, harmful_len, spec.depth_distribution, spec.max_depth, spec.depth_p,
-        spec.depths, spec.min_depth), g, axis=0)
-    rec = generate(policy, params, rec_prompts, rec_mask, rng_rec, spec.sampling,
-                   forced_tokens=harmful_response, forced_len=depth)
-    ones = jnp.ones(rec_prompts.shape[0], bool)
-    parts.append((rec_prompts, rec_mask, rec, ones, ones, depth))
-  cat = lambda xs: jnp.concatenate(xs, axis=0)
-  return Episodes(
-      prompt_tokens=cat([p[0] for p in parts]),
-      prompt_mask=cat([p[1] for p in parts]).astype(jnp.int32),
-      tokens=cat([p[2].tokens for p in parts]),
-      response_mask=cat([p[2].response_mask for p in parts]),
-      generated_mask=cat([p[2].generated_mask for p in parts]),
-      sampler_logprobs=cat([p[2].logprobs for p in parts]),
-      sampler_entropy=cat([p[2].entropy for p in parts]),
-      ended_with_eos=cat([p[2].ended_with_eos for p in parts]),
-      is_recovery=cat([p[3] for p in parts]),
-      is_harmful=cat([p[4] for p in parts]),
-      depth=cat([p[5] for p in parts]))
+  rng_sample, rng_depth = jax.random.split(rng)
+  n = spec.sampling.max_new_tokens
+  if not with_recovery:
+    out = generate(policy, params, prompts, mask, rng_sample, spec.sampling)
+    zeros = jnp.zeros(harmful.shape, jnp.int32)
+    return _episodes(prompts, mask, out, jnp.zeros_like(harmful), harmful, zeros)
+  rec_prompts, rec_mask = left_pad(batch['recovery_prompt_tokens'],
+                                   batch['recovery_prompt_mask'], width, pad)
+  rec_prompts, rec_mask = jnp.repeat(rec_prompts, g, axis=0), jnp.repeat(rec_mask, g, axis=0)
+  harmful_response = jnp.repeat(batch['recovery_harmful_response'], g, axis=0)
+  # Leave at least one token for the policy: a fully forced response has nothing to learn.
+  harmful_len = jnp.minimum(batch['recovery_harmful_response_len'], n - 1)
+  # One depth per prompt, shared by its G rollouts: a GRPO group's baseline compares
+  # continuations of the same start state (drawn after the repeat, a group mixed depths).
+  depth = jnp.repeat(recovery_lib.sample_prefill_depth(
+      rng_depth, harmful_len, spec.depth_distribution, spec.max_depth, spec.depth_p,
+      spec.depths, spec.min_depth), g, axis=0)
+  # ONE decode loop for ordinary and recovery rows (forced length 0 on ordinary rows): one KV
+  # cache and one pass over the weights per token instead of two serial loops.
+  b = prompts.shape[0]
+  forced = jnp.concatenate([jnp.zeros((b, harmful_response.shape[1]), jnp.int32),
+                            harmful_response.astype(jnp.int32)], axis=0)
+  out = generate(policy, params, jnp.concatenate([prompts, rec_prompts]),
+                 jnp.concatenate([mask, rec_mask]), rng_sample, spec.sampling,
+                 forced_tokens=forced,
+                 forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]))
+  is_rec = jnp.arange(b + rec_prompts.shape[0]) >= b
+  return _episodes(jnp.concatenate([prompts, rec_prompts]), jnp.concatenate([mask, rec_mask]),
+                   out, is_rec, jnp.concatenate([harmful, is_rec[b:]]),
+                   jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]))
+
+
+def _episodes(prompts: jax.Array, mask: jax.Array, out: Any, is_recovery: jax.Array,
+              is_harmful: jax.Array, depth: jax.Array) -> Episodes:
+  return Episodes(prompt_tokens=prompts, prompt_mask=mask.astype(jnp.int32), tokens=out.tokens,
+                  response_mask=out.response_mask, generated_mask=out.generated_mask,
+                  sampler_logprobs=out.logprobs, sampler_entropy=out.entropy,
+                  ended_with_eos=out.ended_with_eos, is_recovery=is_recovery,
+                  is_harmful=is_harmful, depth=depth)
 
 
 def num_ordinary(batch: Mapping[str, jax.Array], spec: RolloutSpec) -> int:
@@ -160,27 +166,36 @@ def num_ordinary(batch: Mapping[str, jax.Array], spec: RolloutSpec) -> int:
 class Scores:
   """Sequence-level outcomes [E]: `score` is the RL reward (reward model on ordinary rows,
   -lambda_rec * h on recovery rows, minus the missing-EOS penalty); `judged` holds the
-  judge's outputs ('harm', ...) on every row, for metrics."""
+  judge's outputs ('harm', ...) on rows `judged_from`.. (0: every row, for metrics; the number
+  of ordinary rows when `RolloutSpec.judge_ordinary` is False: recovery rows only)."""
   score: jax.Array
   reward_model: jax.Array
   judged: dict
+  judged_from: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: JudgeFn,
                    judge_params: PyTree, episodes: Episodes, n_ordinary: int,
                    spec: RolloutSpec) -> Scores:
-  """Reward model on ordinary rows, harm judge on recovery rows (and on all rows, for metrics)."""
+  """Reward model on ordinary rows, harm judge on recovery rows (and on ordinary rows, for
+  metrics, when `spec.judge_ordinary`): each model runs only on the rows it scores."""
   seq, seq_mask = episodes.sequence
   rm = reward_model.apply({'params': reward_params}, seq[:n_ordinary], seq_mask[:n_ordinary])
   rm = rm.astype(jnp.float32)
-  judged = dict(judge_fn(judge_params, episodes.prompt_tokens, episodes.prompt_mask,
-                         episodes.tokens, episodes.response_mask))
-  harm = judged['harm'].astype(jnp.float32)
-  recovery_score = recovery_lib.recovery_reward(harm[n_ordinary:], spec.recovery_coef)
-  score = jnp.concatenate([rm, recovery_score])
+  n_rows = episodes.tokens.shape[0]
+  start = 0 if spec.judge_ordinary else n_ordinary
+  judged = {}
+  if start < n_rows:
+    judged = dict(judge_fn(judge_params, episodes.prompt_tokens[start:],
+                           episodes.prompt_mask[start:], episodes.tokens[start:],
+                           episodes.response_mask[start:]))
+  score = rm
+  if n_rows > n_ordinary:
+    harm = judged['harm'][n_ordinary - start:].astype(jnp.float32)
+    score = jnp.concatenate([rm, recovery_lib.recovery_reward(harm, spec.recovery_coef)])
   score = token_rewards.apply_missing_eos_penalty(score, episodes.ended_with_eos,
                                                   spec.missing_eos_penalty)
-  return Scores(score=score, reward_model=rm, judged=judged)
+  return Scores(score=score, reward_model=rm, judged=judged, judged_from=start)
 
 
 def response_hidden(model: Transformer, params: PyTree, episodes: Episodes) -> jax.Array:
@@ -251,14 +266,19 @@ def episode_metrics(episodes: Episodes, scores: Scores, n_ordinary: int) -> dict
       'response/eos_rate': jnp.mean(episodes.ended_with_eos[ordinary].astype(jnp.float32)),
   }
   harmful = episodes.is_harmful[ordinary].astype(jnp.float32)
+  # judged[name][i] is row judged_from + i.
+  rec_offset = n_ordinary - scores.judged_from
   for name, value in scores.judged.items():
+    if scores.judged_from > 0:
+      continue  # recovery rows only: no ordinary-row metric
     value = value.astype(jnp.float32)
     out[f'{name}/ordinary'] = jnp.mean(value[ordinary])
     # Harm on harmful prompts is the attack-success rate at depth 0.
     out[f'{name}/harmful_prompts'] = (
         jnp.sum(value[ordinary] * harmful) / jnp.maximum(jnp.sum(harmful), 1.0))
   if episodes.tokens.shape[0] > n_ordinary:
-    out['recovery/harm_rate'] = jnp.mean(scores.judged['harm'][recovery].astype(jnp.float32))
+    out['recovery/harm_rate'] = jnp.mean(
+        scores.judged['harm'][rec_offset:].astype(jnp.float32))
     out['recovery/depth_mean'] = jnp.mean(episodes.depth[recovery].astype(jnp.float32))
     out['recovery/reward_mean'] = jnp.mean(scores.score[recovery])
     out['recovery/generated_length_mean'] = jnp.mean(generated[recovery])

@@ -46,7 +46,9 @@ def rollout_spec(config: ml_collections.ConfigDict, tokenizer: Any) -> RolloutSp
       depth_distribution=rec.depth_distribution, max_depth=int(rec.max_depth),
       depth_p=float(rec.depth_p), depths=tuple(int(d) for d in rec.depths) or None,
       min_depth=int(rec.get('min_depth', 0)),
-      missing_eos_penalty=float(r.missing_eos_penalty) or None)
+      missing_eos_penalty=float(r.missing_eos_penalty) or None,
+      logits_chunk_size=int(config.model.get('logits_chunk_size', 0)),
+      judge_ordinary=bool(r.get('judge_ordinary', True)))
 
 
 def ppo_config(config: ml_collections.ConfigDict, spec: RolloutSpec) -> PPOConfig:
@@ -86,14 +88,19 @@ def _load_scorer(directory: str, what: str, config: ml_collections.ConfigDict
     raise UserError(f"config.rl.{what}='{directory}' has no config.json (nor export/config.json); "
                     'run the reward-model stage first')
   if config.model.get('abstract', False):  # deepalign.plan: config.json only, no weights
-    model, params = policy_init.abstract_scorer(source, config)
+    model, params = policy_init.abstract_scorer(source, config, frozen_param_dtype(config))
   else:
-    model, params = models.from_pretrained(source, dtype=config.model.dtype,
-                                           param_dtype=config.model.param_dtype)
+    model, params = policy_init.load_frozen(source, config, frozen_param_dtype(config))
   if model.config.head != 'score':
     raise UserError(f"config.rl.{what}='{source}' is a {model.config.head!r} model; it needs a "
                     'score head (*ForSequenceClassification)')
   return model, params
+
+
+def frozen_param_dtype(config: ml_collections.ConfigDict) -> str:
+  """`rl.frozen_param_dtype` ('' = `model.param_dtype`): how the reference, reward model and
+  judge are stored. They are never updated, so bfloat16 storage only rounds them once."""
+  return config.rl.get('frozen_param_dtype', '') or config.model.param_dtype
 
 
 def _tokenizer_fingerprint(tok: Any, probes: int = 512) -> tuple:
@@ -168,7 +175,10 @@ def _value(config: ml_collections.ConfigDict, policy: models.Transformer,
   if how == 'shared':
     return None, lambda rng: init_shared_value_head(policy.config.hidden_size, rng)
   if how == 'reward':
-    return models.Transformer(reward.config.replace(head='value')), lambda rng: reward_params
+    # Trained: the policy's remat and master-weight dtype, whatever the frozen reward's storage.
+    value = models.Transformer(reward.config.replace(
+        head='value', remat=config.model.remat, param_dtype=config.model.param_dtype))
+    return value, lambda rng: policy_init.cast_floats(reward_params, config.model.param_dtype)
   value = models.Transformer(policy.config.replace(head='value', num_labels=1))
   return value, lambda rng: policy_init.with_score_head(policy_init_fn(rng), value.config, rng)
 
@@ -194,7 +204,8 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   def init_params(rng):
     k_policy, k_value = jax.random.split(rng)
     policy_params = policy_init_fn(k_policy)
-    params = {'policy': policy_params, 'reference': policy_params, 'reward': reward_params,
+    reference = policy_init.cast_floats(policy_params, frozen_param_dtype(config))
+    params = {'policy': policy_params, 'reference': reference, 'reward': reward_params,
               'judge': judge_params}
     if value_init_fn is not None:
       params['value'] = value_init_fn(k_value)

@@ -188,6 +188,17 @@ def real_model(config: ConfigDict, hf_dir: str, topology: str, batch_size: int) 
   config.train.async_checkpointing = True
 
 
+def micro_batches(config: ConfigDict, accum: int) -> None:
+  """The same updates in `accum` micro-batches: batch_size / accum rows per step, gradients
+  averaged over `accum` steps (optax.MultiSteps), `accum` times the steps. What a chip with too
+  little memory for a whole batch's activations runs (`python -m deepalign.plan`)."""
+  config.train.batch_size //= accum
+  config.train.num_steps *= accum
+  for name in ('log_every', 'eval_every', 'checkpoint_every'):
+    config.train[name] *= accum
+  config.optimizer.grad_accum_steps = accum
+
+
 REAL_MODELS: dict[str, Callable[[ConfigDict], None]] = {
     'gemma2_2b': lambda c: real_model(c, 'checkpoints/gemma-2-2b-it', 'v5e-8', 64),
     'llama3_8b': lambda c: real_model(c, 'checkpoints/Llama-3.1-8B-Instruct', 'v5p-32', 64),

@@ -57,6 +57,10 @@ def _real(name: str):
     config.train.update({'num_steps': 2000, 'log_every': 10, 'eval_every': 500,
                          'checkpoint_every': 500})
     config.optimizer.update({'learning_rate': 2e-5, 'warmup_steps': 100, 'weight_decay': 0.0})
+    if name == 'gemma2_2b':
+      # 64 rows x 2048 tokens of activations do not fit a v5e chip (16 GiB) next to the state:
+      # two micro-batches of 32 per update (`deepalign.plan`, README 'Real models at scale').
+      common.micro_batches(config, 2)
   return apply
 
 

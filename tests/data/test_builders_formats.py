@@ -68,10 +68,16 @@ def test_hh_rlhf_multi_turn_gz_crlf_unicode(tmp_path, data_dir):
 
 
 def test_hh_rlhf_configs_read_their_own_subset(tmp_path, data_dir):
-  _write(str(tmp_path / "helpful-base" / "train.jsonl"), _jsonl(HH_TEST))
-  _write(str(tmp_path / "harmless-base" / "train.jsonl"), _jsonl(HH_TRAIN))
-  got = _build(builders.HhRlhf, tmp_path, data_dir / "subsets", config="helpful_base")
-  assert list(got) == ["train"] and len(got["train"]) == 1 and got["train"][0]["rejected"] == "no"
+  """All four preference subsets of the release, each config reading its own directory only."""
+  subsets = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+  for i, subset in enumerate(subsets):
+    _write(str(tmp_path / subset / "train.jsonl.gz"), gzip.compress(_jsonl([{
+        "chosen": f"\n\nHuman: question {i}\n\nAssistant: answer {i}",
+        "rejected": f"\n\nHuman: question {i}\n\nAssistant: worse {i}"}]).encode()))
+  for i, subset in enumerate(subsets):
+    got = _build(builders.HhRlhf, tmp_path, data_dir / "subsets", config=subset.replace("-", "_"))
+    assert got == {"train": [{"prompt": _msgs(("user", f"question {i}")), "chosen": f"answer {i}",
+                              "rejected": f"worse {i}"}]}, (subset, got)
 
 
 # --- PKU-SafeRLHF ---------------------------------------------------------------------------------

@@ -33,11 +33,25 @@ def _flat(config: Any, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+# model.* fields that change how a step runs, not which parameters a run holds.
+NOT_IDENTITY = ('model.remat', 'model.logits_chunk_size', 'model.abstract')
+
+
 def identity_changes(old: dict, new: dict) -> list[str]:
-  """'key: old -> new' for the identity fields (stage, model.*) that differ."""
+  """'key: old -> new' for the identity fields (stage, model.*) that differ.
+
+  A field the old record lacks (added to deepalign after that run started) counts only when the
+  new value is not the off / empty default (False, 0, '', 'none'): a run recorded before
+  `model.scan_layers` existed was unscanned, so False is no change.
+  """
   a, b = _flat(old), _flat(new)
-  keys = ['stage'] + [k for k in sorted(set(a) | set(b)) if k.startswith(IDENTITY_PREFIXES[1:])]
-  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in keys if a.get(k) != b.get(k)]
+  keys = ['stage'] + [k for k in sorted(set(a) | set(b))
+                      if k.startswith(IDENTITY_PREFIXES[1:]) and k not in NOT_IDENTITY]
+  def changed(k: str) -> bool:
+    if k not in a and b.get(k) in (False, 0, '', 'none', None):
+      return False
+    return a.get(k) != b.get(k)
+  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in keys if changed(k)]
 
 
 def _writable(directory: str) -> str | None:

@@ -85,8 +85,14 @@ def _finite(name: str) -> Callable[[Any], None]:
   return check
 
 
-def deepalign_ppo(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> Contender:
-  rl_models, config, tx, state, batch = ppo.build(sizes, seed, prompts_path)
+def _copy(tree: Any) -> Any:
+  """Fresh buffers: each step donates its own, never the run's shared initial params."""
+  return jax.tree.map(jnp.copy, tree)
+
+
+def deepalign_ppo(sizes: workload.Sizes, seed: int, prompts_path: str | None,
+                  params: dict[str, Any]) -> Contender:
+  rl_models, config, tx, state, batch = ppo.build(sizes, seed, prompts_path, _copy(params))
   flops = matmul_work.ppo_iteration_flops(sizes, config.rollout.logprobs_from_sampler,
                                           config.epochs)['total']
   check = lambda metrics: ppo._check_metrics(metrics, sizes.new_tokens)
@@ -95,11 +101,12 @@ def deepalign_ppo(sizes: workload.Sizes, seed: int, prompts_path: str | None) ->
                    flops)
 
 
-def deepalign_dpo(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> Contender:
+def deepalign_dpo(sizes: workload.Sizes, seed: int, prompts_path: str | None,
+                  params: dict[str, Any]) -> Contender:
   """The step of `dpo.run`: the DPO stage's loss in the generic train step."""
   model = models.Transformer(sizes.config('lm'))
-  params = models.init_params(model, jax.random.key(seed + 0))
-  reference = jax.tree.map(jnp.copy, params)  # the state is donated; the reference is not
+  reference = _copy(params['lm'])  # the state is donated; the reference is not
+  params = _copy(params['lm'])
   tx = optax.adamw(dpo.LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
   step = make_train_step(dpo.make_loss(model), tx, optax.constant_schedule(dpo.LEARNING_RATE))
   batch = jax.tree.map(jnp.asarray, dpo_pairs(sizes, prompts_path))
@@ -109,36 +116,35 @@ def deepalign_dpo(sizes: workload.Sizes, seed: int, prompts_path: str | None) ->
                    matmul_work.dpo_step_flops(sizes))
 
 
-def deepalign_grpo(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> Contender:
-  rl_models, config, tx, state, batch = grpo.build(sizes, seed, prompts_path)
+def deepalign_grpo(sizes: workload.Sizes, seed: int, prompts_path: str | None,
+                   params: dict[str, Any]) -> Contender:
+  rl_models, config, tx, state, batch = grpo.build(
+      sizes, seed, prompts_path, _copy({k: params[k] for k in ('lm', 'score')}))
   check = lambda metrics: ppo._check_metrics(metrics, sizes.new_tokens)
   return Contender('grpo', 'deepalign', 'deepalign',
                    _state_timer(make_grpo_step(rl_models, config, tx), state, (batch,), check),
                    grpo.step_flops(sizes)['total'])
 
 
-def deepalign_generation(sizes: workload.Sizes, seed: int, prompts_path: str | None
-                         ) -> Contender:
+def deepalign_generation(sizes: workload.Sizes, seed: int, prompts_path: str | None,
+                         params: dict[str, Any]) -> Contender:
   """`rollout.generate` as `generation.py` times it, at `sizes`."""
   prompts = jnp.asarray(workload.prompts(sizes, prompts_path))
   model = models.Transformer(sizes.config('lm'))
-  params = models.init_params(model, jax.random.key(seed))
+  params = params['lm']  # not donated
   config = rollout.SamplingConfig(max_new_tokens=sizes.new_tokens, temperature=1.0,
                                   eos_id=2, pad_id=0, stop_at_eos=False)
   key = jax.random.key(seed + 1)
   calls = {'n': 0}
 
-  def call(i: int):
-    calls['n'] += 1  # a fresh key per call, across rounds too
-    out = rollout.generate(model, params, prompts, jnp.ones_like(prompts),
-                           jax.random.fold_in(key, calls['n']), config=config)
-    return out
-
   def time(iters: int, warmup: int) -> Timings:
     holder = {}
 
-    def run(i):
-      holder['out'] = call(i)
+    def run(i: int):
+      del i
+      calls['n'] += 1  # a fresh sampling key per call, across rounds too
+      holder['out'] = rollout.generate(model, params, prompts, jnp.ones_like(prompts),
+                                       jax.random.fold_in(key, calls['n']), config=config)
       return holder['out']
 
     timings = timing.time_calls(run, iters, warmup)
@@ -158,15 +164,14 @@ def dpo_pairs(sizes: workload.Sizes, prompts_path: str | None) -> dict[str, np.n
   return dpo.pair_batch(workload.prompts(sizes, prompts_path), sizes.new_tokens, sizes.vocab)
 
 
-def export_weights(sizes: workload.Sizes, seed: int, out_dir: str) -> dict[str, str]:
-  """The initial policy / value / reward weights of deepalign's side (the same seeds as
-  `ppo.build`), saved as HF checkpoints for the peers: both sides start from one set of weights."""
+def export_weights(sizes: workload.Sizes, params: dict[str, Any], out_dir: str
+                   ) -> dict[str, str]:
+  """deepalign's initial policy / value / reward params (`ppo.initial_params`), saved as HF
+  checkpoints for the peers: both sides start from one set of weights."""
   dirs = {}
-  for name, head, offset in (('policy', 'lm', 0), ('value', 'value', 1), ('reward', 'score', 2)):
-    model = models.Transformer(sizes.config(head))
+  for name, head in (('policy', 'lm'), ('value', 'value'), ('reward', 'score')):
     dirs[name] = f'{out_dir}/{name}'
-    models.save_pretrained(model, models.init_params(model, jax.random.key(seed + offset)),
-                           dirs[name])
+    models.save_pretrained(models.Transformer(sizes.config(head)), params[head], dirs[name])
   return dirs
 
 
@@ -245,26 +250,28 @@ def run(sizes: workload.Sizes, rounds: int = 2, works: tuple[str, ...] = WORKS,
     grpo.num_prompts(sizes)  # the rollouts must be whole groups, before anything is built
   counts = {w: iters or ITERS[w] for w in works}
   peaks = [matmul_work.measure_matmul_peak()]  # first, before this process holds other programs
-  contenders = [DEEPALIGN[w](sizes, seed, prompts_path) for w in works]
+  # One init per model for every work and the peers' export (each init is a compile).
+  params = ppo.initial_params(sizes, seed)
+  contenders = [DEEPALIGN[w](sizes, seed, prompts_path, params) for w in works]
   # The exported weights stay on disk for the whole run: GRPOTrainer loads its reference
   # from the policy's directory whenever a round builds the trainer.
   tmp = tempfile.mkdtemp(prefix='deepalign_compare_')
   try:
     return _run_rounds(sizes, rounds, works, counts, warmup, seed, prompts_path, peers_mode,
-                       torch_threads, peaks, contenders, tmp)
+                       torch_threads, peaks, contenders, params, tmp)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_rounds(sizes, rounds, works, counts, warmup, seed, prompts_path, peers_mode,
-                torch_threads, peaks, contenders, tmp) -> dict[str, Any]:
+                torch_threads, peaks, contenders, params, tmp) -> dict[str, Any]:
   """`run` past its checks: imports and builds the peers (weights exported into `tmp`),
   then times every contender round by round."""
   peers, missing = import_peers(peers_mode)
   notes = dict(missing)
   if peers:
     peers['torch'].setup(seed, torch_threads)
-    dirs = export_weights(sizes, seed, tmp)
+    dirs = export_weights(sizes, params, tmp)
     contenders = contenders + peer_contenders(peers, works, sizes, seed, prompts_path, dirs)
     if 'trl' in peers and 'ppo' in works and not hasattr(peers['trl'].trl, 'PPOTrainer'):
       notes['trl_ppo'] = f'TRL {peers["trl"].trl.__version__} has no PPOTrainer (removed in TRL 1)'

@@ -18,16 +18,16 @@ multiple of the group size); the last printed line is one JSON object.
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from deepalign.benchmarks import matmul_work, timing, w_tiny, workload
-from deepalign.benchmarks.ppo import LEARNING_RATE, ZeroJudge, _check_metrics
+from deepalign.benchmarks.ppo import LEARNING_RATE, ZeroJudge, _check_metrics, initial_params
 from deepalign.errors import UserError
-from deepalign.models.transformer import Transformer, init_params
+from deepalign.models.transformer import Transformer
 from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train.rl.episodes import RolloutSpec
 from deepalign.train.rl.grpo_step import GRPOConfig, make_grpo_step
@@ -62,13 +62,17 @@ def num_prompts(sizes: workload.Sizes) -> int:
   return sizes.batch // GROUP_SIZE
 
 
-def build(sizes: workload.Sizes, seed: int, prompts_path: str | None = None
+def build(sizes: workload.Sizes, seed: int, prompts_path: str | None = None,
+          params: Mapping[str, PyTree] | None = None
           ) -> tuple[RLModels, GRPOConfig, optax.GradientTransformation, RLState, dict]:
-  """Models, config, optimizer, the initial RLState and the prompt batch of the workload."""
+  """Models, config, optimizer, the initial RLState and the prompt batch of the workload.
+
+  `params` ({'lm', 'score'}: the initial params, e.g. shared with another benchmark in the
+  process; the step donates them) defaults to `ppo.initial_params(sizes, seed, ('lm', 'score'))`."""
   policy = Transformer(sizes.config('lm'))
   reward = Transformer(sizes.config('score'))
-  policy_params = init_params(policy, jax.random.key(seed + w_tiny.POLICY_SEED))
-  reward_params = init_params(reward, jax.random.key(seed + w_tiny.REWARD_SEED))
+  params = initial_params(sizes, seed, ('lm', 'score')) if params is None else params
+  policy_params, reward_params = params['lm'], params['score']
   models = RLModels(policy=policy, reward=reward, judge=ZeroJudge(), value=None)
   config, tx = grpo_config(sizes.new_tokens), optimizer()
   state = RLState.create(policy=policy_params, reference=policy_params, reward=reward_params,

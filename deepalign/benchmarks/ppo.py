@@ -71,16 +71,29 @@ def optimizer() -> optax.GradientTransformation:
   return optax.adamw(LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
 
 
-def build(sizes: workload.Sizes, seed: int, prompts_path: str | None = None
+SEEDS = {'lm': w_tiny.POLICY_SEED, 'value': w_tiny.VALUE_SEED, 'score': w_tiny.REWARD_SEED}
+
+
+def initial_params(sizes: workload.Sizes, seed: int, heads: tuple[str, ...] = tuple(SEEDS)
+                   ) -> dict[str, PyTree]:
+  """Fresh params of the policy ('lm'), value and reward ('score') models with W_TINY.md's HF
+  init seeds (policy 0, value 1, reward 2), offset by `seed`."""
+  return {head: init_params(Transformer(sizes.config(head)), jax.random.key(seed + SEEDS[head]))
+          for head in heads}
+
+
+def build(sizes: workload.Sizes, seed: int, prompts_path: str | None = None,
+          params: Mapping[str, PyTree] | None = None
           ) -> tuple[RLModels, PPOConfig, optax.GradientTransformation, RLState, dict]:
-  """Models, config, optimizer, the initial RLState and the prompt batch of the workload."""
+  """Models, config, optimizer, the initial RLState and the prompt batch of the workload.
+
+  `params` ({'lm', 'value', 'score'}: the initial params, e.g. shared with another benchmark
+  in the process; the step donates them) defaults to `initial_params(sizes, seed)`."""
   policy = Transformer(sizes.config('lm'))
   value = Transformer(sizes.config('value'))
   reward = Transformer(sizes.config('score'))
-  # Seeds as in W_TINY.md's HF inits: policy 0, value 1, reward 2 (offset by --seed).
-  policy_params = init_params(policy, jax.random.key(seed + w_tiny.POLICY_SEED))
-  value_params = init_params(value, jax.random.key(seed + w_tiny.VALUE_SEED))
-  reward_params = init_params(reward, jax.random.key(seed + w_tiny.REWARD_SEED))
+  params = initial_params(sizes, seed) if params is None else params
+  policy_params, value_params, reward_params = params['lm'], params['value'], params['score']
   models = RLModels(policy=policy, reward=reward, judge=ZeroJudge(), value=value)
   config, tx = ppo_config(sizes.new_tokens), optimizer()
   state = RLState.create(policy=policy_params, reference=policy_params, reward=reward_params,

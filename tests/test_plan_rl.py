@@ -35,17 +35,16 @@ def test_ppo_recovery_preset_plan_stores_frozen_models_bf16_and_lists_the_larges
   assert 'largest arrays (per device' in '\n'.join(lines[:-1])
 
 
-def test_grpo_plan_of_a_qwen2_architecture_on_the_16_chips_of_v5p_32():
+def test_sft_plan_of_a_qwen2_architecture_on_the_16_chips_of_v5p_32():
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  args = ['--config=configs/grpo.py:qwen2_5_7b', '--num_layers=1', '--vocab_size=512',
-          '--config.data.max_len=24', '--config.data.max_prompt_len=16',
-          '--config.data.max_response_len=8', '--config.rl.max_new_tokens=8',
-          '--config.train.batch_size=16', '--config.model.logits_chunk_size=4']
+  args = ['--config=configs/sft.py:qwen2_5_7b', '--num_layers=1', '--vocab_size=512',
+          '--config.data.max_len=16', '--config.train.batch_size=16',
+          '--config.model.logits_chunk_size=4']
   proc = subprocess.run([sys.executable, '-m', 'deepalign.plan', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result['stage'] == 'grpo' and result['topology'] == 'v5p-32' and result['devices'] == 16
+  assert result['stage'] == 'sft' and result['topology'] == 'v5p-32' and result['devices'] == 16
   assert result['mesh'] == {'data': 1, 'fsdp': 16, 'tensor': 1} and result['fits']
   assert result['sources']['policy'].endswith('configs/hub/Qwen2.5-7B-Instruct')
-  assert set(result['models']) == {'policy', 'reference', 'reward', 'judge'}  # GRPO: no critic
+  assert set(result['models']) == {'policy'}

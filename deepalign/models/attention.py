@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepalign.models import dense_dot, fused_projections
 from deepalign.models.config import ModelConfig
 from deepalign.models.norms import RMSNorm
 from deepalign.models.rope import apply_rope
@@ -62,12 +63,17 @@ class Attention(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     dense = lambda heads, axis_name, name: nn.DenseGeneral(
         features=(heads, cfg.head_dim), use_bias=cfg.qkv_bias, dtype=cfg.compute_dtype,
-        param_dtype=cfg.params_dtype, name=name,
+        param_dtype=cfg.params_dtype, name=name, dot_general=dense_dot.dot_general,
         kernel_init=nn.with_logical_partitioning(init, ('embed', axis_name, 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name, 'kv')))
-    q = constrain(dense(cfg.num_heads, 'heads', 'q_proj')(x), BLT_HEADS)
-    k = constrain(dense(cfg.num_kv_heads, 'kv_heads', 'k_proj')(x), BLT_KV_HEADS)
-    v = constrain(dense(cfg.num_kv_heads, 'kv_heads', 'v_proj')(x), BLT_KV_HEADS)
+    if self.has_variable('params', fused_projections.QKV_KERNEL):
+      q, k, v = self._fused_qkv(x)
+    else:
+      q = dense(cfg.num_heads, 'heads', 'q_proj')(x)
+      k = dense(cfg.num_kv_heads, 'kv_heads', 'k_proj')(x)
+      v = dense(cfg.num_kv_heads, 'kv_heads', 'v_proj')(x)
+    q = constrain(q, BLT_HEADS)
+    k, v = constrain(k, BLT_KV_HEADS), constrain(v, BLT_KV_HEADS)
     if cfg.qk_norm:
       qk_norm = lambda name: RMSNorm(eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one,
                                      param_dtype=cfg.params_dtype, axis_name='kv', name=name)
@@ -88,7 +94,21 @@ class Attention(nn.Module):
     out = constrain(out, BLT_HEADS)
     out = nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype,
-        param_dtype=cfg.params_dtype, name='o_proj',
+        param_dtype=cfg.params_dtype, name='o_proj', dot_general=dense_dot.dot_general,
         kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
     return out, new_kv
+
+  def _fused_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, T, H, hd], k / v [B, T, K, hd] from one product with the fused [D, H + 2K, hd]
+    kernel of `fused_projections.fuse` (decode), as the three DenseGeneral layers compute them."""
+    cfg = self.config
+    kernel = self.get_variable('params', fused_projections.QKV_KERNEL)
+    bias = (self.get_variable('params', fused_projections.QKV_BIAS)
+            if self.has_variable('params', fused_projections.QKV_BIAS) else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.compute_dtype)
+    qkv = dense_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+      qkv += bias
+    h, kv = cfg.num_heads, cfg.num_kv_heads
+    return qkv[..., :h, :], qkv[..., h:h + kv, :], qkv[..., h + kv:, :]

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from deepalign.models import dense_dot
 from deepalign.models.config import ModelConfig
 from deepalign.models.sharding import constrain, head_input_names, logits_names
 
@@ -61,6 +62,6 @@ def lm_logits(hidden: jax.Array, kernel: jax.Array, config: ModelConfig,
   kernel = constrain(kernel, (None, 'head_vocab'))
   hidden, kernel = hidden.astype(dtype), kernel.astype(dtype)
   # The contraction nn.Dense writes, so the float32 path is bit-identical to the old layer.
-  out = jax.lax.dot_general(hidden, kernel, (((hidden.ndim - 1,), (0,)), ((), ())),
+  out = dense_dot.dot_general(hidden, kernel, (((hidden.ndim - 1,), (0,)), ((), ())),
                             preferred_element_type=jnp.float32).astype(dtype)
   return constrain(soft_cap(out, config.final_logit_softcap), logits_names(out.ndim))

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 
+from deepalign.models import dense_dot, fused_projections
 from deepalign.models.config import ModelConfig
 from deepalign.models.sharding import BLT_MLP, constrain
 
@@ -24,13 +25,30 @@ class MLP(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     dense = lambda features, axes, name: nn.Dense(
         features, use_bias=cfg.mlp_bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        name=name, kernel_init=nn.with_logical_partitioning(init, axes),
+        name=name, dot_general=dense_dot.dot_general, kernel_init=nn.with_logical_partitioning(init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
     act = ACTIVATION_FNS[cfg.activation]
-    up = dense(cfg.intermediate_size, ('embed', 'mlp'), 'up_proj')(x)
-    if cfg.mlp_type == 'gated':
+    if self.has_variable('params', fused_projections.GATE_UP_KERNEL):
+      gate, up = self._fused_gate_up(x)
+      h = act(gate) * up
+    elif cfg.mlp_type == 'gated':
+      up = dense(cfg.intermediate_size, ('embed', 'mlp'), 'up_proj')(x)
       h = act(dense(cfg.intermediate_size, ('embed', 'mlp'), 'gate_proj')(x)) * up
     else:
-      h = act(up)
+      h = act(dense(cfg.intermediate_size, ('embed', 'mlp'), 'up_proj')(x))
     h = constrain(h, BLT_MLP)
     return dense(cfg.hidden_size, ('mlp', 'embed'), 'down_proj')(h)
+
+  def _fused_gate_up(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """gate(x), up(x) [B, T, F] from one product with the fused [D, 2F] kernel of
+    `fused_projections.fuse` (decode), as the two Dense layers compute them."""
+    cfg = self.config
+    kernel = self.get_variable('params', fused_projections.GATE_UP_KERNEL)
+    bias = (self.get_variable('params', fused_projections.GATE_UP_BIAS)
+            if self.has_variable('params', fused_projections.GATE_UP_BIAS) else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.compute_dtype)
+    out = dense_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+      out += bias
+    f = cfg.intermediate_size
+    return out[..., :f], out[..., f:]

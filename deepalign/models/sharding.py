@@ -32,15 +32,21 @@ BLT_MLP = ('batch', 'length', 'mlp')
 CACHE = ('batch', 'kv_heads', 'length', 'kv')  # KVCache buffers [B, K, S, hd]
 
 
+def single_device() -> bool:
+  """No context mesh, or a mesh of one device: the program runs unsharded."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or mesh.size == 1
+
+
 def constrain(x: jax.Array, names: Sequence[str | None], replicate: bool = False) -> jax.Array:
   """`x` constrained to the sharding its logical axis `names` get on the context mesh.
 
   Untouched without a context mesh, or where the rules shard nothing (unless `replicate`:
   then an all-unsharded result pins `x` replicated, e.g. rows gathered for the LM head).
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
+  if single_device():
     return x
+  mesh = jax.sharding.get_abstract_mesh()
   spec = activation_spec(tuple(names), x.shape, mesh, current_rules())
   if all(entry is None for entry in spec) and not replicate:
     # Nothing to split: an all-None constraint would force replication, not leave it free.

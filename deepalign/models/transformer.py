@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 # Renamed: `attention_mask` is also the name of the padding-mask argument below.
 from deepalign.models.attention import Attention, attention_mask as slot_mask
+from deepalign.models import dense_dot
 from deepalign.models.config import ModelConfig
 from deepalign.models.kv_cache import KVCache
 from deepalign.models.lm_head import lm_logits
@@ -124,7 +125,7 @@ class Transformer(nn.Module):
                                 nn.with_logical_partitioning(init, ('embed', 'vocab')))
     if cfg.head != 'lm':
       self.score = nn.Dense(cfg.num_labels, use_bias=False, dtype=cfg.compute_dtype,
-                            param_dtype=cfg.params_dtype,
+                            param_dtype=cfg.params_dtype, dot_general=dense_dot.dot_general,
                             kernel_init=nn.with_logical_partitioning(init, ('embed', None)))
 
   def hidden_states(self, tokens: jax.Array, attention_mask: jax.Array | None = None,

@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from deepalign.errors import UserError
+from deepalign.models import fused_projections
 from deepalign.models.kv_cache import init_cache
+from deepalign.models.sharding import single_device
 from deepalign.models.transformer import Transformer
 from deepalign.rollout.categorical import argmax_last, sample_categorical
 from deepalign.rollout.logprobs import sampling_logits, token_entropy, token_logprobs
@@ -52,6 +54,9 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   n = config.max_new_tokens
   prompt_mask = prompt_mask.astype(jnp.int32)
   forced, forced_len = _forced_columns(forced_tokens, forced_len, batch, n)
+  if config.fuse_projections and single_device():
+    # Once per call, outside the loop; on a mesh the concatenation would reshard the kernels.
+    params = fused_projections.fuse(params)
   variables = {'params': params}
 
   # The last response token is never fed back, so N - 1 slots after the prompt suffice.

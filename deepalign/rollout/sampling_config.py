@@ -29,7 +29,9 @@ class SamplingConfig:
   greedy (argmax; log-probs still use `temperature`); eos_id: one id or a tuple of ids, any
   of which ends a response (Llama-3-Instruct's <|eot_id|>, Gemma-it's <end_of_turn>: pass the
   tokenizer's `eos_ids`), stored as a tuple; pad_id; stop_at_eos (False: exactly N tokens per
-  row, EOS is an ordinary token)."""
+  row, EOS is an ordinary token); fuse_projections (on one device, decode with q|k|v and
+  gate|up each as one matmul, `models.fused_projections`: the same tokens, a faster step, and a
+  second copy of those kernels while `generate` runs; False where that memory is short)."""
   max_new_tokens: int = 64
   temperature: float = 1.0
   top_k: int = 0
@@ -38,6 +40,7 @@ class SamplingConfig:
   eos_id: int | tuple[int, ...] = 2
   pad_id: int = 0
   stop_at_eos: bool = True
+  fuse_projections: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, 'eos_id', _eos_tuple(self.eos_id))  # the one place it is normalized

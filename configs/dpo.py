@@ -24,6 +24,9 @@ def dpo_defaults() -> ml_collections.ConfigDict:
       'rpo_alpha': 0.0,              # + alpha * NLL(chosen) (RPO; TRL rpo_alpha); 0 = off
       'reference': 'on_the_fly',     # or 'precomputed' (one pass before training)
       'recovery_fraction': 0.0,      # share of each batch that is DPO-recovery pairs
+      # > 0: each pair's first N tokens (chosen = rejected there, e.g. the prompt) run once per
+      # pair, not once per row; a batch whose pairs do not all share N tokens runs in full.
+      'shared_prefix_len': 0,
       'depth_distribution': 'qi',
       'max_depth': 100,
       'eval_batches': 2,

@@ -109,11 +109,12 @@ def deepalign_dpo(sizes: workload.Sizes, seed: int, prompts_path: str | None,
   params = _copy(params['lm'])
   tx = optax.adamw(dpo.LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
   step = make_train_step(dpo.make_loss(model), tx, optax.constant_schedule(dpo.LEARNING_RATE))
-  batch = jax.tree.map(jnp.asarray, dpo_pairs(sizes, prompts_path))
+  batch = jax.tree.map(jnp.asarray, dpo.stage_batch(dpo_pairs(sizes, prompts_path),
+                                                    sizes.prompt_len))
   state = TrainState.create(params, tx, jax.random.key(seed + 3))
   return Contender('dpo', 'deepalign', 'deepalign',
                    _state_timer(step, state, (reference, batch), _finite('DPO')),
-                   matmul_work.dpo_step_flops(sizes))
+                   matmul_work.dpo_step_flops(sizes, sizes.prompt_len))
 
 
 def deepalign_grpo(sizes: workload.Sizes, seed: int, prompts_path: str | None,

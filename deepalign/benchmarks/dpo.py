@@ -4,9 +4,10 @@
 
 One step = policy forward + backward on the 32 x 96 stacked chosen/rejected rows, the frozen
 reference forward on the same rows, the sigmoid DPO loss (beta 0.1) on summed response
-log-probs, one AdamW step (lr 1e-5): the DPO stage's own pieces (`target_logprobs`,
-`pair_rows`, `objectives.dpo_loss`) in the generic train step (`loop.make_train_step`: one jit,
-state donated). Prompts are the W-tiny prompts; chosen / rejected are
+log-probs, one AdamW step (lr 1e-5): the DPO stage's own pieces
+(`sequence_logprobs.pair_sequence_logprobs`, `objectives.dpo_loss`) in the generic train step
+(`loop.make_train_step`: one jit, state donated), with the stage's `dpo.shared_prefix_len` set
+to the prompt length (32): each pair's prompt runs once, not once per row (the same numbers). Prompts are the W-tiny prompts; chosen / rejected are
 `default_rng(4321).integers(3, 2048, size=(2, 16, 63))` followed by EOS. Size flags shrink the
 workload for smoke tests; the matmul work (GFLOP, rate reached, this machine's float32 matmul
 peak, `seconds_at_peak`) comes from `matmul_work.py`; the last printed line is one JSON object.
@@ -28,7 +29,7 @@ from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.train import pair_rows
 from deepalign.train.loop import make_train_step
-from deepalign.train.sequence_logprobs import target_logprobs
+from deepalign.train.sequence_logprobs import pair_sequence_logprobs
 from deepalign.train.state import TrainState
 
 PyTree = Any
@@ -60,12 +61,17 @@ def pair_batch(prompts: np.ndarray, new_tokens: int, vocab: int) -> dict[str, np
   return batch
 
 
+def stage_batch(pairs: dict[str, np.ndarray], shared_prefix_len: int) -> dict[str, np.ndarray]:
+  """The pairs as the DPO stage's iterator hands them to the step with `dpo.shared_prefix_len`
+  (`pair_rows.WithSharedPrefix`; 0 = off, every row in full)."""
+  return pair_rows.mark_shared_prefix(pairs, shared_prefix_len) if shared_prefix_len else pairs
+
+
 def make_loss(model: Transformer):
   """The DPO stage's on-the-fly-reference loss: sigmoid, beta 0.1, summed log-probs."""
 
   def sequence_logps(params: PyTree, batch: Mapping[str, jax.Array]):
-    lp, mask = target_logprobs(model, params, pair_rows.stack(batch))
-    return pair_rows.split(objectives.sequence_logprobs(lp, mask))
+    return pair_sequence_logprobs(model, params, batch)[:2]
 
   def loss_fn(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array):
     del rng
@@ -86,8 +92,8 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
   reference = jax.tree.map(jnp.copy, params)  # the state is donated; the reference is not
   tx = optax.adamw(LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
   step = make_train_step(make_loss(model), tx, optax.constant_schedule(LEARNING_RATE))
-  batch = jax.tree.map(jnp.asarray, pair_batch(workload.prompts(sizes, prompts_path),
-                                               sizes.new_tokens, sizes.vocab))
+  pairs = pair_batch(workload.prompts(sizes, prompts_path), sizes.new_tokens, sizes.vocab)
+  batch = jax.tree.map(jnp.asarray, stage_batch(pairs, sizes.prompt_len))
   timings, _, metrics = timing.time_state_steps(
       step, TrainState.create(params, tx, jax.random.key(seed + 3)), (reference, batch), iters,
       warmup)
@@ -101,7 +107,8 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
       'seconds_per_step': timings.median, **timings.summary('step'),
       'first_call_s': timings.first_call_s,
       'loss': float(metrics['loss']),
-      **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes), timings.median, peak),
+      **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes, sizes.prompt_len), timings.median,
+                                 peak),
       'peak_rss_mb': timing.peak_rss_mb(),
   }
 

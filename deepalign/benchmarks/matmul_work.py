@@ -78,13 +78,21 @@ def ppo_iteration_flops(sizes: workload.Sizes, logprobs_from_sampler: bool = Tru
   return {'sample': sample, 'score': score, 'update': update, 'total': sample + score + update}
 
 
-def dpo_step_flops(sizes: workload.Sizes) -> float:
+def dpo_step_flops(sizes: workload.Sizes, shared_prefix_len: int = 0) -> float:
   """Matmul FLOPs of one W-tiny DPO step: policy forward + backward and the reference forward
-  over the 2B stacked chosen/rejected rows of P + N tokens (LM head on every position, as
-  `sequence_logprobs.target_logprobs` computes it)."""
+  over the 2B stacked chosen/rejected rows of P + N tokens.
+
+  shared_prefix_len S = 0: every row in full, LM head on every position
+  (`sequence_logprobs.target_logprobs`). S > 0 (`shared_target_logprobs`): the first S tokens of
+  each pair once (B rows; keys over the T-slot cache), the other T - S tokens of every row on top
+  (2B rows), LM head on those T - S positions only.
+  """
   policy = sizes.config('lm')
-  length = sizes.prompt_len + sizes.new_tokens
-  return 4 * forward_flops(policy, 2 * sizes.batch, length, length, length)
+  b, length, s = sizes.batch, sizes.prompt_len + sizes.new_tokens, shared_prefix_len
+  if s <= 0:
+    return 4 * forward_flops(policy, 2 * b, length, length, length)
+  return 4 * (forward_flops(policy, b, s, length, 0)
+              + forward_flops(policy, 2 * b, length - s, length, length - s))
 
 
 @dataclasses.dataclass(frozen=True)

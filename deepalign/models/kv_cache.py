@@ -32,9 +32,23 @@ class KVCache:
   def batch_size(self) -> int:
     return self.valid.shape[0]
 
+  def take_rows(self, rows: jax.Array) -> 'KVCache':
+    """The cache of rows `rows` [N] (indices into this cache's batch; repeats allowed)."""
+    axis = 1 if _stacked(self.keys) else 0
+    take = lambda x: jnp.take(x, rows, axis=axis)
+    keys = take(self.keys) if _stacked(self.keys) else tuple(take(k) for k in self.keys)
+    values = take(self.values) if _stacked(self.values) else tuple(take(v) for v in self.values)
+    return KVCache(keys=keys, values=values, valid=jnp.take(self.valid, rows, axis=0),
+                   index=self.index)
+
   def num_tokens(self) -> jax.Array:
     """[B] int32: real tokens written per row (the next token's position by default)."""
     return jnp.sum(self.valid, axis=1, dtype=jnp.int32)
+
+
+def _stacked(buffers) -> bool:
+  """A scan_layers cache holds one [L, B, K, S, hd] array, not a tuple of per-layer arrays."""
+  return not isinstance(buffers, (tuple, list))
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -26,7 +26,7 @@ from deepalign.errors import UserError
 from deepalign.train import (eval_batches, harm_eval, pair_rows, policy_init, recovery_examples,
                              reference_logprobs, stage_data)
 from deepalign.train.mixed_batches import MixedBatches
-from deepalign.train.sequence_logprobs import logits_chunk_size, target_logprobs
+from deepalign.train.sequence_logprobs import logits_chunk_size, pair_sequence_logprobs
 from deepalign.train.task import Task
 
 REFERENCE_MODES = ('on_the_fly', 'precomputed')
@@ -39,6 +39,9 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     raise UserError(f"config.dpo.reference='{c.reference}' is unknown; use one of {', '.join(REFERENCE_MODES)}")
   if not 0.0 <= c.recovery_fraction <= 1.0:
     raise UserError(f'config.dpo.recovery_fraction={c.recovery_fraction} must be in [0, 1]')
+  if not isinstance(c.shared_prefix_len, int) or c.shared_prefix_len < 0:
+    raise UserError(f'config.dpo.shared_prefix_len={c.shared_prefix_len!r} must be an integer >= 0 '
+                    '(0 = off; else how many leading tokens every pair shares, e.g. the prompt length)')
   if c.reference == 'precomputed' and c.recovery_fraction > 0:
     raise UserError("config.dpo.reference='precomputed' cannot serve recovery pairs (their depths "
                     "are redrawn every epoch); use 'on_the_fly' or recovery_fraction=0")
@@ -56,14 +59,12 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
   average = c.loss_type == 'ipo'  # TRL: IPO length-normalises the sequence log-probs
   chunk = logits_chunk_size(config)
 
+  shared = int(c.shared_prefix_len)
+
   def sequence_logps(params, batch, with_nll: bool = False):
-    lp, mask = target_logprobs(model, params, pair_rows.stack(batch), chunk_size=chunk)
-    chosen, rejected = pair_rows.split(objectives.sequence_logprobs(lp, mask, average))
-    if not with_nll:
-      return chosen, rejected
-    # RPO's term: mean NLL of the chosen responses' tokens (TRL rpo_alpha).
-    lp_c, mask_c = pair_rows.split(lp)[0], pair_rows.split(mask)[0]
-    return chosen, rejected, objectives.nll_loss(lp_c, mask_c)
+    # with_nll: RPO's term too, the mean NLL of the chosen responses' tokens (TRL rpo_alpha).
+    chosen, rejected, nll = pair_sequence_logprobs(model, params, batch, average, chunk)
+    return (chosen, rejected, nll) if with_nll else (chosen, rejected)
 
   from deepalign.train.loop import init_rng
   reference = policy_init.initial_params(config, init_params, init_rng(config))
@@ -87,8 +88,10 @@ def build_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
       parts['recovery'] = iter(recovery_examples.preference_rows(
           rec_records, tok, tmpl, stage_data.pipeline_config(config, n_rec, seed_offset=1),
           c.depth_distribution, c.max_depth))
-    mixed = MixedBatches(parts)
-    return reference_logprobs.WithReferenceLogprobs(mixed, table) if table is not None else mixed
+    batches = MixedBatches(parts)
+    if shared:
+      batches = pair_rows.WithSharedPrefix(batches, shared)
+    return reference_logprobs.WithReferenceLogprobs(batches, table) if table is not None else batches
 
   def loss_fn(params, frozen, batch, rng):
     del rng

@@ -3,10 +3,14 @@
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from deepalign import models
+from deepalign import models, objectives
+from deepalign.models import shared_prefix
 from deepalign.models.lm_head import head_kernel
 from deepalign.rollout.chunked_logprobs import token_stats
+from deepalign.train import pair_rows
 
 
 def target_logprobs(model: models.Transformer, params: Any, batch: Mapping[str, jax.Array],
@@ -26,6 +30,44 @@ def target_logprobs(model: models.Transformer, params: Any, batch: Mapping[str, 
   logprobs, _ = token_stats(hidden[:, :-1], head_kernel(params, model.config), tokens[:, 1:],
                             model.config, chunk_size=chunk_size)
   return logprobs, batch[f'{prefix}loss_mask'][:, 1:].astype(jax.numpy.float32)
+
+
+def shared_target_logprobs(model: models.Transformer, params: Any, batch: Mapping[str, jax.Array],
+                           prefix_len: int, groups: np.ndarray, chunk_size: int = 0
+                           ) -> tuple[jax.Array, jax.Array]:
+  """`target_logprobs` of tokens prefix_len..T-1 only ([B, T - prefix_len] each), for rows whose
+  first `prefix_len` columns agree within each group of `groups` and carry no loss target:
+  the shared columns run once per group (`models.shared_prefix`) and the LM head only where a
+  target can be."""
+  tokens = batch['tokens']
+  mask = batch.get('segment_ids', batch['attention_mask'])
+  hidden = shared_prefix.hidden_states(model, params, tokens, mask, batch['positions'],
+                                       prefix_len, groups)
+  logprobs, _ = token_stats(hidden[:, prefix_len - 1:-1], head_kernel(params, model.config),
+                            tokens[:, prefix_len:], model.config, chunk_size=chunk_size)
+  return logprobs, batch['loss_mask'][:, prefix_len:].astype(jnp.float32)
+
+
+def pair_sequence_logprobs(model: models.Transformer, params: Any, batch: Mapping[str, jax.Array],
+                           average: bool = False, chunk_size: int = 0
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(chosen [B], rejected [B] summed (or, `average`, mean) log-probs of the response tokens,
+  mean NLL of the chosen tokens) of a preference batch (DPO, its reference, RPO's term).
+
+  A batch whose `shared_prefix` entry has width S > 0 (`pair_rows.mark_shared_prefix`: every
+  pair agrees on its first S columns) runs them once per pair (`shared_target_logprobs`); any
+  other batch runs both rows in full. The numbers agree to float32 rounding.
+  """
+  rows = pair_rows.stack(batch)
+  shared = pair_rows.shared_prefix_width(batch)
+  if shared:
+    groups = pair_rows.groups(rows['tokens'].shape[0] // 2)
+    lp, mask = shared_target_logprobs(model, params, rows, shared, groups, chunk_size)
+  else:
+    lp, mask = target_logprobs(model, params, rows, chunk_size=chunk_size)
+  chosen, rejected = pair_rows.split(objectives.sequence_logprobs(lp, mask, average))
+  nll = objectives.nll_loss(pair_rows.split(lp)[0], pair_rows.split(mask)[0])
+  return chosen, rejected, nll
 
 
 def logits_chunk_size(config: Any) -> int:

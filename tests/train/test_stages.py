@@ -12,7 +12,7 @@ from configs import reward_model as rm_config
 from configs import sft as sft_config
 from deepalign import models
 from deepalign.errors import UserError
-from deepalign.train import loop, metrics_writer, stages
+from deepalign.train import loop, metrics_writer, pair_rows, stages
 
 # Each test compiles a model step (and sampling for the harm eval): ~15 s of CPU apiece.
 pytestmark = pytest.mark.slow
@@ -99,6 +99,24 @@ def test_dpo_starts_at_log2_and_precomputed_reference_matches(sft_workdir, tmp_p
                              math.log(2.0) + on_the_fly[0]['train/chosen_nll'], rtol=1e-5)
   for a, b in zip(on_the_fly, precomputed):
     np.testing.assert_allclose(a['train/loss'], b['train/loss'], rtol=1e-4)
+
+
+def test_dpo_shared_prefix_runs_each_prompt_once_with_the_same_loss(sft_workdir, tmp_path):
+  """dpo.shared_prefix_len: batches whose pairs share it are marked, and the loss and gradient
+  of the marked batch (prompt once per pair) are the full rows' (the marker removed)."""
+  task = stages.build_task(_dpo(sft_workdir, shared_prefix_len=3), str(tmp_path))
+  batch = next(task.train_iterator())
+  assert batch[pair_rows.SHARED_PREFIX].shape == (8, 3)  # the toy template's first tokens
+  full = {k: v for k, v in batch.items() if k != pair_rows.SHARED_PREFIX}
+  params = task.init_params(loop.init_rng(_dpo(sft_workdir)))
+  grad = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
+  (loss_shared, _), g_shared = grad(params, task.frozen, batch, jax.random.key(0))
+  (loss_full, _), g_full = grad(params, task.frozen, full, jax.random.key(0))
+  np.testing.assert_allclose(loss_shared, loss_full, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-7)
+  with pytest.raises(UserError, match='shared_prefix_len'):
+    stages.build_task(_dpo(sft_workdir, shared_prefix_len=-1), str(tmp_path))
 
 
 def test_dpo_recovery_pairs_train(sft_workdir, tmp_path):

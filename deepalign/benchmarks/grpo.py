@@ -88,12 +88,15 @@ def step_flops(sizes: workload.Sizes) -> dict[str, float]:
   'total'}. sample: generating N tokens for the B rollouts; score: the reward model over
   [B, P + N] (score head at the last position) and the reference over [B, P + N] with its LM
   head on the N response positions (the old log-probs are the sampler's); update: one forward
-  and backward (2 forwards) of the policy over every rollout."""
-  b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
+  and backward (2 forwards) of the policy over every rollout. Each group's prompt runs once in
+  every one of them (the prefill, and `rl_episodes.sequence_hidden`)."""
+  b, p, n, g = sizes.batch, sizes.prompt_len, sizes.new_tokens, GROUP_SIZE
   length = p + n
-  policy_forward = matmul_work.forward_flops(sizes.config('lm'), b, length, length, n)
-  sample = matmul_work.generation_flops(sizes)
-  score = matmul_work.forward_flops(sizes.config('score'), b, length, length, 1) + policy_forward
+  forward = lambda head, head_tokens: matmul_work.grouped_forward_flops(
+      sizes.config(head), b, g, p, length, head_tokens)
+  policy_forward = forward('lm', n)
+  sample = matmul_work.generation_flops(sizes, g)
+  score = forward('score', 1) + policy_forward
   update = 3 * policy_forward
   return {'sample': sample, 'score': score, 'update': update, 'total': sample + score + update}
 

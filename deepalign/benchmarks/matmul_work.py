@@ -46,13 +46,26 @@ def forward_flops(cfg: ModelConfig, rows: int, query_len: int, key_len: int,
   return float(layers * (projections + mlp + attention) + head)
 
 
-def generation_flops(sizes: workload.Sizes) -> float:
+def generation_flops(sizes: workload.Sizes, group_size: int = 1) -> float:
   """Matmul FLOPs of sampling N tokens for B x P prompts (`rollout.generate`): a prefill of the
-  prompts into a KV cache of P + N - 1 slots, then N - 1 decode steps of one token, each
-  attending over the whole cache, with the LM head on the last token."""
+  prompts into a KV cache of P + N - 1 slots (one row per group of `group_size` copies of a
+  prompt), then N - 1 decode steps of one token, each attending over the whole cache, with the
+  LM head on the last token."""
   b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
   policy, cache = sizes.config('lm'), p + max(n - 1, 1)
-  return forward_flops(policy, b, p, cache, 1) + (n - 1) * forward_flops(policy, b, 1, cache, 1)
+  return (forward_flops(policy, b // group_size, p, cache, 1)
+          + (n - 1) * forward_flops(policy, b, 1, cache, 1))
+
+
+def grouped_forward_flops(cfg: ModelConfig, rows: int, group_size: int, prompt_len: int,
+                          length: int, head_tokens: int) -> float:
+  """`forward_flops` over `rows` x `length` tokens whose groups of `group_size` rows share the
+  first `prompt_len` (`models.shared_prefix`: the prompt once per group into a cache of
+  `length` slots, the rest of every row on top); group_size 1 = the plain forward."""
+  if group_size <= 1:
+    return forward_flops(cfg, rows, length, length, head_tokens)
+  return (forward_flops(cfg, rows // group_size, prompt_len, length, 0)
+          + forward_flops(cfg, rows, length - prompt_len, length, head_tokens))
 
 
 def ppo_iteration_flops(sizes: workload.Sizes, logprobs_from_sampler: bool = True,

@@ -34,11 +34,11 @@ def _forced_columns(forced_tokens: jax.Array | None, forced_len: jax.Array | Non
   return forced, forced_len
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'config'))
+@functools.partial(jax.jit, static_argnames=('model', 'config', 'group_size'))
 def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              rng: jax.Array, config: SamplingConfig = SamplingConfig(),
              forced_tokens: jax.Array | None = None,
-             forced_len: jax.Array | None = None) -> SampleOutput:
+             forced_len: jax.Array | None = None, group_size: int = 1) -> SampleOutput:
   """Samples `config.max_new_tokens` response tokens for each LEFT-padded prompt.
 
   prompt_tokens/prompt_mask [B, P]; forced_tokens [B, F], forced_len [B]: the first
@@ -46,6 +46,9 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   rollouts), the rest sampled. One prefill pass fills the KV cache, then a `lax.while_loop`
   decodes (leaving early once every row has ended, when `stop_at_eos`). Token t of the
   response is sampled with key fold_in(rng, t), so the same rng gives the same tokens.
+  group_size G: the rows come in contiguous groups of G identical prompts (GRPO's G samples of
+  a prompt; the caller's promise): the prefill runs on one row per group and its cache is
+  copied to the others.
   """
   cfg = model.config
   if cfg.head != 'lm':
@@ -59,10 +62,16 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
     params = fused_projections.fuse(params)
   variables = {'params': params}
 
+  if group_size < 1 or batch % group_size:
+    raise UserError(f'generate: group_size={group_size} must be >= 1 and divide the '
+                    f'{batch} prompt rows.')
   # The last response token is never fed back, so N - 1 slots after the prompt suffice.
-  cache = init_cache(cfg, batch, prompt_len + max(n - 1, 1))
-  hidden, cache = model.apply(variables, prompt_tokens, prompt_mask, cache=cache,
-                              method=Transformer.hidden_states)
+  cache = init_cache(cfg, batch // group_size, prompt_len + max(n - 1, 1))
+  hidden, cache = model.apply(variables, prompt_tokens[::group_size], prompt_mask[::group_size],
+                              cache=cache, method=Transformer.hidden_states)
+  if group_size > 1:
+    rows = jnp.repeat(jnp.arange(batch // group_size), group_size)
+    hidden, cache = hidden[rows], cache.take_rows(rows)
   first_logits = model.apply(variables, hidden[:, -1], method=Transformer.logits)
   first_position = jnp.sum(prompt_mask, axis=1)  # [B] position of response token 0
 

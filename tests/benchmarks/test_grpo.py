@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepalign.benchmarks import grpo, workload
+from deepalign.train.rl import episodes as rl_episodes
 
 TINY = dict(batch=8, prompt_len=4, new_tokens=4, vocab=64, hidden=32, layers=1, heads=2,
             head_dim=16, intermediate=48)
@@ -64,9 +65,11 @@ def test_update_count_matches_xla_cost_analysis():
   n = sizes.new_tokens
   tokens = jnp.ones((sizes.batch, sizes.prompt_len + n), jnp.int32)
 
-  def loss(params):
-    hidden = policy.apply({'params': params}, tokens, method=type(policy).hidden_states)
-    return jnp.sum(policy.apply({'params': params}, hidden[:, -n:], method=type(policy).logits))
+  def loss(params):  # the group's prompt once (`rl_episodes.sequence_hidden`, as the step runs it)
+    hidden = rl_episodes.sequence_hidden(policy, params, tokens, jnp.ones_like(tokens),
+                                         sizes.prompt_len, grpo.GROUP_SIZE)
+    hidden = hidden[:, sizes.prompt_len - 1:-1]
+    return jnp.sum(policy.apply({'params': params}, hidden, method=type(policy).logits))
 
   cost = jax.jit(jax.grad(loss)).lower(state.params['policy']).compile().cost_analysis()
   xla = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])

@@ -42,9 +42,10 @@ def collect_from_episodes(models: RLModels, params: Mapping[str, Any],
   policy_params = params['policy']
   scores = rl_episodes.score_episodes(models.reward, frozen['reward'], models.judge,
                                       frozen['judge'], episodes, n_ordinary, spec)
-  temperature, chunk = spec.sampling.temperature, spec.logits_chunk_size
+  temperature, chunk, g = spec.sampling.temperature, spec.logits_chunk_size, spec.group_size
+  # Every forward over the episodes runs each group's prompt once (`rl_episodes.sequence_hidden`).
   ref_logprobs = rl_episodes.response_logprobs(models.policy, frozen['reference'], episodes,
-                                               temperature, chunk)
+                                               temperature, chunk, g)
   old_hidden = None
   # With top-k / top-p the policy is the filtered distribution (rollout/logprobs.py); a full
   # forward's logits differ from the KV cache's by rounding, which can move a sampled token
@@ -53,9 +54,10 @@ def collect_from_episodes(models: RLModels, params: Mapping[str, Any],
     old_logprobs, old_entropy = episodes.sampler_logprobs, episodes.sampler_entropy
     if models.value is None and 'value' in params:
       # A value head on the policy's trunk still needs the trunk's hidden states.
-      old_hidden = rl_episodes.response_hidden(models.policy, policy_params, episodes)
+      old_hidden = rl_episodes.response_hidden(models.policy, policy_params, episodes, g)
   else:
     old_logprobs, old_entropy, old_hidden = rl_episodes.response_token_stats(
-        models.policy, policy_params, episodes, temperature, chunk, entropy='value')
+        models.policy, policy_params, episodes, temperature, chunk, entropy='value',
+        group_size=g)
   return Collected(episodes, scores, old_entropy, old_hidden, old_logprobs, ref_logprobs,
                    n_ordinary)

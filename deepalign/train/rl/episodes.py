@@ -22,7 +22,9 @@ from typing import Any, Callable, Mapping
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from deepalign.models import shared_prefix
 from deepalign.models.lm_head import head_kernel
 from deepalign.models.transformer import Transformer
 from deepalign.objectives import recovery as recovery_lib
@@ -118,8 +120,9 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   harmful = jnp.repeat(batch['is_harmful'].astype(bool), g, axis=0)
   rng_sample, rng_depth = jax.random.split(rng)
   n = spec.sampling.max_new_tokens
+  # Rows come in groups of g copies of a prompt: generate's prefill runs once per group.
   if not with_recovery:
-    out = generate(policy, params, prompts, mask, rng_sample, spec.sampling)
+    out = generate(policy, params, prompts, mask, rng_sample, spec.sampling, group_size=g)
     zeros = jnp.zeros(harmful.shape, jnp.int32)
     return _episodes(prompts, mask, out, jnp.zeros_like(harmful), harmful, zeros)
   rec_prompts, rec_mask = left_pad(batch['recovery_prompt_tokens'],
@@ -141,7 +144,7 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   out = generate(policy, params, jnp.concatenate([prompts, rec_prompts]),
                  jnp.concatenate([mask, rec_mask]), rng_sample, spec.sampling,
                  forced_tokens=forced,
-                 forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]))
+                 forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]), group_size=g)
   is_rec = jnp.arange(b + rec_prompts.shape[0]) >= b
   return _episodes(jnp.concatenate([prompts, rec_prompts]), jnp.concatenate([mask, rec_mask]),
                    out, is_rec, jnp.concatenate([harmful, is_rec[b:]]),
@@ -180,8 +183,12 @@ def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: J
   """Reward model on ordinary rows, harm judge on recovery rows (and on ordinary rows, for
   metrics, when `spec.judge_ordinary`): each model runs only on the rows it scores."""
   seq, seq_mask = episodes.sequence
-  rm = reward_model.apply({'params': reward_params}, seq[:n_ordinary], seq_mask[:n_ordinary])
-  rm = rm.astype(jnp.float32)
+  seq, seq_mask = seq[:n_ordinary], seq_mask[:n_ordinary]
+  # The score head reads the last real token of each row; the groups' prompts run once.
+  hidden = sequence_hidden(reward_model, reward_params, seq, seq_mask,
+                           episodes.prompt_tokens.shape[1], spec.group_size)
+  rm = reward_model.apply({'params': reward_params}, hidden, seq_mask,
+                          method=Transformer.head_outputs).astype(jnp.float32)
   n_rows = episodes.tokens.shape[0]
   start = 0 if spec.judge_ordinary else n_ordinary
   judged = {}
@@ -198,14 +205,34 @@ def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: J
   return Scores(score=score, reward_model=rm, judged=judged, judged_from=start)
 
 
-def response_hidden(model: Transformer, params: PyTree, episodes: Episodes) -> jax.Array:
+def prompt_groups(rows: int, group_size: int) -> np.ndarray | None:
+  """Group ids [rows] of `group_size` contiguous rows with one prompt each (GRPO's G samples of
+  a prompt, `sample_episodes`' layout), or None when nothing is shared (G = 1)."""
+  if group_size <= 1 or rows % group_size:
+    return None
+  return np.arange(rows) // group_size
+
+
+def sequence_hidden(model: Transformer, params: PyTree, tokens: jax.Array, mask: jax.Array,
+                    prompt_len: int, group_size: int = 1) -> jax.Array:
+  """Final hidden states [E, P + N, D] of prompt ⊕ response rows; with `group_size` G > 1 each
+  group's prompt runs once (`models.shared_prefix`: the same numbers, 1/G of the prompt work)."""
+  groups = prompt_groups(tokens.shape[0], group_size)
+  if groups is None:
+    return model.apply({'params': params}, tokens, mask, method=Transformer.hidden_states)
+  return shared_prefix.hidden_states(model, params, tokens, mask, None, prompt_len, groups)
+
+
+def response_hidden(model: Transformer, params: PyTree, episodes: Episodes,
+                    group_size: int = 1) -> jax.Array:
   """Final hidden states [E, N, D] at the positions predicting each response token.
 
-  Response token t is predicted at sequence position P - 1 + t.
+  Response token t is predicted at sequence position P - 1 + t. `group_size`: rows come in
+  contiguous groups of that many with one prompt (`sequence_hidden`).
   """
   seq, seq_mask = episodes.sequence
   p, n = episodes.prompt_tokens.shape[1], episodes.tokens.shape[1]
-  hidden = model.apply({'params': params}, seq, seq_mask, method=Transformer.hidden_states)
+  hidden = sequence_hidden(model, params, seq, seq_mask, p, group_size)
   return hidden[:, p - 1:p - 1 + n]
 
 
@@ -222,15 +249,15 @@ def response_logits(model: Transformer, params: PyTree, episodes: Episodes
 
 def response_token_stats(model: Transformer, params: PyTree, episodes: Episodes,
                          temperature: float, chunk_size: int = 0, entropy: str = 'none',
-                         top_k: int = 0, top_p: float = 1.0
+                         top_k: int = 0, top_p: float = 1.0, group_size: int = 1
                          ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
   """(log pi(y_t | x, y_<t) [E, N], entropy [E, N] or None, hidden states [E, N, D]).
 
   Temperature-scaled (and top-k / top-p filtered when given); the LM head runs over
   `chunk_size` response tokens at a time (`rollout.chunked_logprobs.token_stats`, whose
-  `entropy` modes are 'none' / 'value' / 'grad').
+  `entropy` modes are 'none' / 'value' / 'grad'); `group_size` as in `response_hidden`.
   """
-  hidden = response_hidden(model, params, episodes)
+  hidden = response_hidden(model, params, episodes, group_size)
   logprobs, token_entropy = chunked_logprobs.token_stats(
       hidden, head_kernel(params, model.config), episodes.tokens, model.config, temperature,
       chunk_size, entropy, top_k=top_k, top_p=top_p)
@@ -238,9 +265,10 @@ def response_token_stats(model: Transformer, params: PyTree, episodes: Episodes,
 
 
 def response_logprobs(model: Transformer, params: PyTree, episodes: Episodes,
-                      temperature: float, chunk_size: int = 0) -> jax.Array:
+                      temperature: float, chunk_size: int = 0, group_size: int = 1) -> jax.Array:
   """log pi(y_t | x, y_<t) of every response token under temperature-scaled logits [E, N]."""
-  return response_token_stats(model, params, episodes, temperature, chunk_size)[0]
+  return response_token_stats(model, params, episodes, temperature, chunk_size,
+                              group_size=group_size)[0]
 
 
 def response_values(value_model: Transformer, value_params: PyTree, episodes: Episodes

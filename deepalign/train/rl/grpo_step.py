@@ -89,9 +89,12 @@ def make_grpo_step(models: RLModels, config: GRPOConfig, tx: optax.GradientTrans
                      ) -> tuple[jax.Array, dict]:
     sampling = config.rollout.sampling
     # The sampler's (filtered, when top_k / top_p are on) distribution is the policy.
+    # One minibatch keeps the episodes in order (rl_minibatches.shuffled_minibatches): the
+    # groups stay contiguous and each prompt runs once.
+    group_size = config.rollout.group_size if config.minibatches == 1 else 1
     logprobs, _, _ = rl_episodes.response_token_stats(
         models.policy, params['policy'], mb['episodes'], sampling.temperature,
-        config.rollout.logits_chunk_size, **sampling.filters)
+        config.rollout.logits_chunk_size, **sampling.filters, group_size=group_size)
     return grpo_minibatch_loss(logprobs, mb, config, normalizer)
 
   def step(state: RLState, batch: Mapping[str, jax.Array]) -> tuple[RLState, dict]:

@@ -38,9 +38,15 @@ def loss_normalizer(mode: str, mask: jax.Array) -> jax.Array | None:
 
 
 def shuffled_minibatches(key: jax.Array, data: PyTree, minibatches: int) -> PyTree:
-  """A random permutation of the rows of every leaf, reshaped to [M, E / M, ...]."""
+  """A random permutation of the rows of every leaf, reshaped to [M, E / M, ...].
+
+  One minibatch is the whole batch in its own order: a permutation would change nothing but
+  the order of sums, and rows that stay in order keep GRPO's groups contiguous (their
+  prompts then run once, `rl_episodes.sequence_hidden`)."""
   e = jax.tree.leaves(data)[0].shape[0]
   check_batch_divides(e, minibatches)
+  if minibatches == 1:
+    return jax.tree.map(lambda x: x[None], data)
   perm = jax.random.permutation(key, e)
   return jax.tree.map(lambda x: x[perm].reshape((minibatches, e // minibatches) + x.shape[1:]),
                       data)

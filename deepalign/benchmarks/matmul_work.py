@@ -10,7 +10,7 @@ doing this work on this machine can beat.
 Counts follow the implementation (what the XLA programs compute), not an idealized minimum:
 a forward over a full sequence computes every query x key score (the causal mask is applied to
 them, not skipped); the sampler's prefill and decode steps attend over the whole KV-cache
-buffer; the policy's LM head runs on the response positions only (`rl_episodes.response_logits`).
+buffer of their decode phase; the policy's LM head runs on the response positions only (`rl_episodes.response_logits`).
 A backward pass costs two forwards' matmuls (input and weight gradients). Elementwise work
 (norms, softmax, rope, the optimizer) is not counted: it is small next to the matmuls and
 runs far from any matmul peak.
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from deepalign.benchmarks import workload
 from deepalign.models.config import ModelConfig
+from deepalign.rollout.generate import decode_phases
 
 PEAK_MATRIX_SIZE = 2048
 
@@ -48,13 +49,18 @@ def forward_flops(cfg: ModelConfig, rows: int, query_len: int, key_len: int,
 
 def generation_flops(sizes: workload.Sizes, group_size: int = 1) -> float:
   """Matmul FLOPs of sampling N tokens for B x P prompts (`rollout.generate`): a prefill of the
-  prompts into a KV cache of P + N - 1 slots (one row per group of `group_size` copies of a
-  prompt), then N - 1 decode steps of one token, each attending over the whole cache, with the
-  LM head on the last token."""
+  prompts (one row per group of `group_size` copies of a prompt) into the KV cache of the first
+  decode phase, then N - 1 decode steps of one token, each attending over its phase's whole
+  cache (`generate.decode_phases`: up to P + N - 1 slots), with the LM head on the last token."""
   b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
-  policy, cache = sizes.config('lm'), p + max(n - 1, 1)
-  return (forward_flops(policy, b // group_size, p, cache, 1)
-          + (n - 1) * forward_flops(policy, b, 1, cache, 1))
+  policy = sizes.config('lm')
+  phases = decode_phases(p, n)
+  flops = forward_flops(policy, b // group_size, p, phases[0][1], 1)
+  start = 1
+  for t_end, slots in phases:
+    flops += (t_end - start) * forward_flops(policy, b, 1, slots, 1)
+    start = t_end
+  return flops
 
 
 def grouped_forward_flops(cfg: ModelConfig, rows: int, group_size: int, prompt_len: int,

@@ -41,6 +41,18 @@ class KVCache:
     return KVCache(keys=keys, values=values, valid=jnp.take(self.valid, rows, axis=0),
                    index=self.index)
 
+  def grown(self, length: int) -> 'KVCache':
+    """The cache with `length` >= max_len slots: the new ones empty (not valid)."""
+    extra = length - self.max_len
+    if extra < 0:
+      raise ValueError(f'KVCache.grown({length}): the cache already has {self.max_len} slots')
+    if extra == 0:
+      return self
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])
+    grow = lambda b: pad(b) if _stacked(b) else tuple(pad(x) for x in b)
+    return KVCache(keys=grow(self.keys), values=grow(self.values),
+                   valid=jnp.pad(self.valid, ((0, 0), (0, extra))), index=self.index)
+
   def num_tokens(self) -> jax.Array:
     """[B] int32: real tokens written per row (the next token's position by default)."""
     return jnp.sum(self.valid, axis=1, dtype=jnp.int32)

@@ -34,6 +34,20 @@ def _forced_columns(forced_tokens: jax.Array | None, forced_len: jax.Array | Non
   return forced, forced_len
 
 
+def decode_phases(prompt_len: int, n: int) -> list[tuple[int, int]]:
+  """[(t_end, cache slots)]: the decode loop in up to 4 phases of steps t < t_end, each with a
+  KV cache just long enough for its last step (slots 0..P + t_end - 2).
+
+  A decode step reads every slot of the cache it is given, valid or not, and at 16-row batches
+  it is bound by memory traffic (the weights and the cache), so an early step over a short
+  cache is a cheaper step. One phase per 16 tokens, at most 4 (each is a loop body of its own to
+  compile); the last phase has the full P + N - 1 slots.
+  """
+  phases = min(max(n // 16, 1), 4)
+  ends = sorted({1 + round((n - 1) * j / phases) for j in range(1, phases + 1)} | {n})
+  return [(t_end, prompt_len + max(t_end - 1, 0)) for t_end in ends if t_end > 1 or n == 1]
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'config', 'group_size'))
 def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              rng: jax.Array, config: SamplingConfig = SamplingConfig(),
@@ -65,8 +79,10 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   if group_size < 1 or batch % group_size:
     raise UserError(f'generate: group_size={group_size} must be >= 1 and divide the '
                     f'{batch} prompt rows.')
-  # The last response token is never fed back, so N - 1 slots after the prompt suffice.
-  cache = init_cache(cfg, batch // group_size, prompt_len + max(n - 1, 1))
+  # The last response token is never fed back, so N - 1 slots after the prompt suffice; the
+  # decode phases grow the cache to that as they go.
+  phases = decode_phases(prompt_len, n)
+  cache = init_cache(cfg, batch // group_size, phases[0][1])
   hidden, cache = model.apply(variables, prompt_tokens[::group_size], prompt_mask[::group_size],
                               cache=cache, method=Transformer.hidden_states)
   if group_size > 1:
@@ -108,9 +124,9 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
                                                              jnp.zeros((batch,), bool))
   buffers = write(buffers, 0, (token, logprob, entropy, exists, was_forced))
 
-  def cond(state):
+  def cond(state, t_end):
     t, _, _, _, done, _ = state
-    keep_going = t < n
+    keep_going = t < t_end
     if config.stop_at_eos:
       keep_going &= ~jnp.all(done)
     return keep_going
@@ -126,7 +142,11 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
     return t + 1, token, exists, cache, done, buffers
 
   state = (jnp.int32(1), token, exists, cache, done, buffers)
-  *_, buffers = jax.lax.while_loop(cond, body, state)
+  for t_end, slots in phases:
+    t, token, exists, cache, done, buffers = state
+    state = (t, token, exists, cache.grown(slots), done, buffers)
+    state = jax.lax.while_loop(functools.partial(cond, t_end=t_end), body, state)
+  *_, buffers = state
   tokens, logprobs, entropy, response_mask, forced_mask = buffers
   lengths = jnp.sum(response_mask, axis=1)
   last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]

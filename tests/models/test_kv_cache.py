@@ -7,7 +7,7 @@ import pytest
 
 from deepalign import models
 from deepalign.errors import UserError
-from deepalign.models import KVCache, ModelConfig, Transformer
+from deepalign.models import KVCache, ModelConfig, Transformer, init_cache
 
 
 def _random_params(model: Transformer, seed: int = 0, std: float = 0.15):
@@ -104,3 +104,27 @@ def test_default_positions_continue_after_cache():
   np.testing.assert_array_equal(cache.num_tokens(), [2, 4])
   out, cache = apply({'params': params}, tokens[:, 4:], None, None, cache)
   np.testing.assert_allclose(out, full[:, 4:], atol=1e-5)
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_grown_and_take_rows_keep_what_was_written(scan):
+  cfg = ModelConfig.tiny('llama', scan_layers=scan)
+  cache = init_cache(cfg, 3, 4)
+  cache = cache.replace(valid=cache.valid.at[:, :2].set(True), index=jnp.int32(2))
+  keys = jax.tree.map(lambda k: k.at[..., 1, :].set(1.0), cache.keys)
+  cache = cache.replace(keys=keys)
+  grown = cache.grown(7)
+  assert grown.max_len == 7 and int(grown.index) == 2
+  np.testing.assert_array_equal(grown.valid[:, :4], cache.valid)
+  assert not np.asarray(grown.valid[:, 4:]).any()
+  for a, b in zip(jax.tree.leaves(grown.keys), jax.tree.leaves(cache.keys)):
+    np.testing.assert_array_equal(a[..., :4, :], b)
+    assert not np.asarray(a[..., 4:, :]).any()
+  assert cache.grown(4) is cache
+  with pytest.raises(ValueError):
+    cache.grown(3)
+  rows = cache.take_rows(jnp.array([2, 2, 0, 1]))
+  assert rows.batch_size == 4
+  axis = 1 if scan else 0
+  for a, b in zip(jax.tree.leaves(rows.values), jax.tree.leaves(cache.values)):
+    np.testing.assert_array_equal(a, jnp.take(b, jnp.array([2, 2, 0, 1]), axis=axis))

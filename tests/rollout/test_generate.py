@@ -218,3 +218,34 @@ def test_user_errors():
   with pytest.raises(UserError, match='forced_tokens'):
     rollout.generate(lm, _random_params(lm), prompt, mask, jax.random.key(0),
                      forced_tokens=jnp.zeros((2, 3), jnp.int32), forced_len=jnp.zeros(2, jnp.int32))
+
+
+def test_decode_phases_cover_every_step_with_enough_cache():
+  from deepalign.rollout.generate import decode_phases
+  for p, n in [(5, 1), (5, 2), (3, 15), (8, 16), (32, 64), (4, 300)]:
+    phases = decode_phases(p, n)
+    assert phases[-1][0] == n and len(phases) <= 4
+    start = 1
+    for t_end, slots in phases:
+      assert slots >= p + t_end - 1 >= p  # step t < t_end writes slot P + t - 1
+      assert t_end >= start
+      start = t_end
+    assert phases[-1][1] == p + max(n - 1, 0)
+    assert [s for _, s in phases] == sorted(s for _, s in phases)
+
+
+def test_phased_decode_matches_the_full_forward():
+  """40 tokens: the decode loop runs in 2 phases on a growing cache; its log-probs are the
+  full forward's and greedy tokens its argmax, across the phase boundary."""
+  cfg = ModelConfig.tiny('gemma2')  # sliding-window layers too
+  model = Transformer(cfg)
+  params = _random_params(model, std=0.1)
+  prompt, prompt_mask = _prompts(cfg)
+  for config in (SamplingConfig(max_new_tokens=40, temperature=0.8, stop_at_eos=False),
+                 SamplingConfig(max_new_tokens=40, greedy=True, stop_at_eos=False)):
+    out = rollout.generate(model, params, prompt, prompt_mask, jax.random.key(2), config=config)
+    logits = _recomputed_logits(model, params, prompt, prompt_mask, out)
+    want = rollout.token_logprobs(logits, out.tokens, config.temperature)
+    np.testing.assert_allclose(out.logprobs, want, rtol=1e-4, atol=1e-4)
+    if config.greedy:
+      np.testing.assert_array_equal(out.tokens, jnp.argmax(logits, axis=-1))

@@ -15,7 +15,10 @@ writes of the activation gradients are gone (the W-tiny DPO step's profile had 1
 time in them). Same products, summed in another order: float32 results agree to rounding.
 
 On more than one device (a context mesh) this is plain `lax.dot_general`: the barrier would
-stop sharding propagation through the transpose, and TPUs transpose in the matmul unit.
+stop sharding propagation through the transpose, and TPUs transpose in the matmul unit. So is
+a contraction whose input x holds fewer than `MIN_ELEMENTS` (2^18 float32 = 1 MiB, about the
+size of a core's L2 cache): there the transposed read costs nothing and the extra transpose
+does (toy model, 768 x 64 inputs: 0.61 ms vs 0.47 ms per forward + backward with it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from deepalign.models.sharding import single_device
+
+MIN_ELEMENTS = 1 << 18
 
 
 def _contract_trailing(x: jax.Array, w: jax.Array, k: int, preferred: jnp.dtype | None) -> jax.Array:
@@ -65,14 +70,15 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                 preferred_element_type=None) -> jax.Array:
   """`lax.dot_general`; a dense layer's contraction (lhs's trailing axes with rhs's leading
-  ones, no batch axes) on one device gets the weight gradient described above."""
+  ones, no batch axes) of an input of at least MIN_ELEMENTS on one device gets the weight
+  gradient described above."""
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
   k = len(lhs_contract)
   lhs_contract = tuple(d % lhs.ndim for d in lhs_contract)
   dense = (not lhs_batch and not rhs_batch and k > 0
            and lhs_contract == tuple(range(lhs.ndim - k, lhs.ndim))
            and tuple(rhs_contract) == tuple(range(k)))
-  if not dense or precision is not None or not single_device():
+  if not dense or precision is not None or lhs.size < MIN_ELEMENTS or not single_device():
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
   return _dense(lhs, rhs, k, preferred_element_type)

@@ -13,6 +13,7 @@ softmax's: trl#6945). Defaults (top_k=0, top_p=1) mean no filter.
 import jax
 import jax.numpy as jnp
 
+from deepalign.models.sharding import single_device
 from deepalign.objectives.entropy import entropy_from_logits
 from deepalign.rollout.filters import top_k_filter, top_p_filter
 
@@ -41,9 +42,13 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
 
 
 def picked_logit(z: jax.Array, targets: jax.Array) -> jax.Array:
-  """z[..., targets] as a masked sum over the vocabulary, not a gather: exact (one term, the
-  rest +0), and with the vocabulary split over chips (the vocabulary-parallel LM head) it is a
-  local sum and a [...]-sized all-reduce, where a gather would collect the whole [..., V]."""
+  """z[..., targets] (targets in 0..V-1). On a mesh, a masked sum over the vocabulary, not a
+  gather: exact (one term, the rest +0), and with the vocabulary split over chips (the
+  vocabulary-parallel LM head) it is a local sum and a [...]-sized all-reduce, where a gather
+  would collect the whole [..., V]. On one device, the gather: the same numbers without a pass
+  over [..., V] (W-tiny: a 60 us reduction per decode step, 2-4% of generation)."""
+  if single_device():
+    return jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   vocab = jnp.arange(z.shape[-1], dtype=jnp.int32)
   hit = vocab == targets[..., None].astype(jnp.int32)
   return jnp.sum(jnp.where(hit, z, 0.0), axis=-1)

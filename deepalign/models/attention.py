@@ -101,14 +101,9 @@ class Attention(nn.Module):
 
   def _fused_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q [B, T, H, hd], k / v [B, T, K, hd] from one product with the fused [D, H + 2K, hd]
-    kernel of `fused_projections.fuse` (decode), as the three DenseGeneral layers compute them."""
+    kernel of `fused_projections.fuse` (decode)."""
     cfg = self.config
-    kernel = self.get_variable('params', fused_projections.QKV_KERNEL)
-    bias = (self.get_variable('params', fused_projections.QKV_BIAS)
-            if self.has_variable('params', fused_projections.QKV_BIAS) else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.compute_dtype)
-    qkv = dense_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    if bias is not None:
-      qkv += bias
+    qkv = fused_projections.project(self, x, fused_projections.QKV_KERNEL,
+                                    fused_projections.QKV_BIAS, cfg.compute_dtype)
     h, kv = cfg.num_heads, cfg.num_kv_heads
     return qkv[..., :h, :], qkv[..., h:h + kv, :], qkv[..., h + kv:, :]

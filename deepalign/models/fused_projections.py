@@ -22,7 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from deepalign.models import dense_dot
 
 QKV = ('q_proj', 'k_proj', 'v_proj')
 GATE_UP = ('gate_proj', 'up_proj')
@@ -32,31 +36,36 @@ GATE_UP_KERNEL, GATE_UP_BIAS = 'gate_up_kernel', 'gate_up_bias'
 PyTree = Any
 
 
-def _concat(layers: list[Mapping[str, Any]], leaf: str, axis: int) -> Any | None:
-  if leaf not in layers[0]:
-    return None
-  return jnp.concatenate([layer[leaf] for layer in layers], axis=axis)
+def _fuse_layers(out: dict[str, Any], names: tuple[str, ...], kernel: str, bias: str,
+                 axis: int) -> None:
+  """Replaces the layers `names` of module tree `out` by their kernels (and biases)
+  concatenated along `axis`, in that order, when all of them are there."""
+  if not all(isinstance(out.get(n), Mapping) and 'kernel' in out[n] for n in names):
+    return
+  layers = [out.pop(n) for n in names]
+  out[kernel] = jnp.concatenate([layer['kernel'] for layer in layers], axis=axis)
+  if 'bias' in layers[0]:
+    out[bias] = jnp.concatenate([layer['bias'] for layer in layers], axis=axis)
 
 
 def _fuse_module(tree: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-  for name, sub in tree.items():
-    out[name] = _fuse_module(sub) if isinstance(sub, Mapping) else sub
-  if all(isinstance(out.get(n), Mapping) and 'kernel' in out[n] for n in QKV):
-    layers = [out.pop(n) for n in QKV]
-    # q/k/v kernels [..., D, heads, hd], biases [..., heads, hd]: concatenated over heads.
-    out[QKV_KERNEL] = _concat(layers, 'kernel', -2)
-    bias = _concat(layers, 'bias', -2)
-    if bias is not None:
-      out[QKV_BIAS] = bias
-  if all(isinstance(out.get(n), Mapping) and 'kernel' in out[n] for n in GATE_UP):
-    layers = [out.pop(n) for n in GATE_UP]
-    # gate/up kernels [..., D, F], biases [..., F]: concatenated over F (gate first).
-    out[GATE_UP_KERNEL] = _concat(layers, 'kernel', -1)
-    bias = _concat(layers, 'bias', -1)
-    if bias is not None:
-      out[GATE_UP_BIAS] = bias
+  out = {name: _fuse_module(sub) if isinstance(sub, Mapping) else sub
+         for name, sub in tree.items()}
+  # q/k/v kernels [..., D, heads, hd] and biases [..., heads, hd]: along the heads.
+  _fuse_layers(out, QKV, QKV_KERNEL, QKV_BIAS, -2)
+  # gate/up kernels [..., D, F] and biases [..., F]: along F, gate first.
+  _fuse_layers(out, GATE_UP, GATE_UP_KERNEL, GATE_UP_BIAS, -1)
   return out
+
+
+def project(module: nn.Module, x: jax.Array, kernel: str, bias: str, dtype: Any) -> jax.Array:
+  """x [..., D] times the fused kernel `kernel` [D, ...] of `module`'s scope (plus `bias`, if
+  it has one), in `dtype`, as the separate Dense / DenseGeneral layers compute it."""
+  kernel = module.get_variable('params', kernel)
+  bias = module.get_variable('params', bias) if module.has_variable('params', bias) else None
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+  out = dense_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return out if bias is None else out + bias
 
 
 def fuse(params: PyTree) -> PyTree:

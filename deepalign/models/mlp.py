@@ -41,14 +41,9 @@ class MLP(nn.Module):
 
   def _fused_gate_up(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """gate(x), up(x) [B, T, F] from one product with the fused [D, 2F] kernel of
-    `fused_projections.fuse` (decode), as the two Dense layers compute them."""
+    `fused_projections.fuse` (decode)."""
     cfg = self.config
-    kernel = self.get_variable('params', fused_projections.GATE_UP_KERNEL)
-    bias = (self.get_variable('params', fused_projections.GATE_UP_BIAS)
-            if self.has_variable('params', fused_projections.GATE_UP_BIAS) else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.compute_dtype)
-    out = dense_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    if bias is not None:
-      out += bias
+    out = fused_projections.project(self, x, fused_projections.GATE_UP_KERNEL,
+                                    fused_projections.GATE_UP_BIAS, cfg.compute_dtype)
     f = cfg.intermediate_size
     return out[..., :f], out[..., f:]

@@ -104,7 +104,8 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
     exists = ~done
     # The policy is the distribution sampled from: the filtered one when top_k / top_p are on.
     filters = config.filters
-    logprob = jnp.where(exists, token_logprobs(logits, token, config.temperature, **filters), 0.0)
+    logprob = jnp.where(exists, token_logprobs(logits, token, config.temperature, **filters,
+                                               gather=True), 0.0)
     # [B, V] per step is cheap next to the step's matmuls, and spares an RL step the policy
     # forward it would otherwise need only to report the entropy.
     entropy = jnp.where(exists, token_entropy(logits, config.temperature, **filters), 0.0)

@@ -29,25 +29,30 @@ def sampling_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0,
-                   top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+                   top_k: int = 0, top_p: float = 1.0, gather: bool = False) -> jax.Array:
   """log softmax(sampling_logits(logits, temperature, top_k, top_p))[targets], in float32.
 
   logits [..., V] (any float dtype), targets [...] int -> [...] float32. Computed as
   z[target] - logsumexp(z) so the full [..., V] log-softmax is never stored. A target the
   filter dropped (a forced token, or a token the updated policy no longer keeps) gets about
-  -1e30: mask such positions before exponentiating.
+  -1e30: mask such positions before exponentiating. `gather`: see `picked_logit`.
   """
   z = sampling_logits(logits, temperature, top_k, top_p)
-  return picked_logit(z, targets) - jax.nn.logsumexp(z, axis=-1)
+  return picked_logit(z, targets, gather) - jax.nn.logsumexp(z, axis=-1)
 
 
-def picked_logit(z: jax.Array, targets: jax.Array) -> jax.Array:
-  """z[..., targets] (targets in 0..V-1). On a mesh, a masked sum over the vocabulary, not a
-  gather: exact (one term, the rest +0), and with the vocabulary split over chips (the
+def picked_logit(z: jax.Array, targets: jax.Array, gather: bool = False) -> jax.Array:
+  """z[..., targets] (targets in 0..V-1) as a masked sum over the vocabulary, not a gather:
+  exact (one term, the rest +0), and with the vocabulary split over chips (the
   vocabulary-parallel LM head) it is a local sum and a [...]-sized all-reduce, where a gather
-  would collect the whole [..., V]. On one device, the gather: the same numbers without a pass
-  over [..., V] (W-tiny: a 60 us reduction per decode step, 2-4% of generation)."""
-  if single_device():
+  would collect the whole [..., V].
+
+  `gather` (the sampler's, which takes no gradient): on one device a gather instead, the same
+  numbers without a pass over [..., V] (W-tiny: a 60 us reduction per decode step, 2-4% of
+  generation). Training keeps the masked sum: its gradient is the same, but XLA sums the
+  logits' gradient in another order, and the toy study's deepest-prefix claim moves with float
+  rounding (ASR@8 0.039 -> 0.108 with the gather in training)."""
+  if gather and single_device():
     return jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   vocab = jnp.arange(z.shape[-1], dtype=jnp.int32)
   hit = vocab == targets[..., None].astype(jnp.int32)

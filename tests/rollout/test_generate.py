@@ -249,3 +249,16 @@ def test_phased_decode_matches_the_full_forward():
     np.testing.assert_allclose(out.logprobs, want, rtol=1e-4, atol=1e-4)
     if config.greedy:
       np.testing.assert_array_equal(out.tokens, jnp.argmax(logits, axis=-1))
+
+
+def test_the_samplers_gathered_logit_is_the_masked_sums():
+  """generate picks its tokens' logits by a gather on one device; training by a masked sum: the
+  same numbers, filtered (-1e30) entries included."""
+  from deepalign.rollout.logprobs import picked_logit
+  rng = np.random.default_rng(0)
+  z = rng.standard_normal((3, 5, 50)).astype(np.float32)
+  z[0, :, :7] = -1e30
+  targets = rng.integers(0, 50, (3, 5))
+  targets[0, 0] = 3  # a filtered token
+  np.testing.assert_array_equal(picked_logit(jnp.asarray(z), jnp.asarray(targets), gather=True),
+                                picked_logit(jnp.asarray(z), jnp.asarray(targets)))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepalign.models import shared_prefix
+from deepalign.models.sharding import single_device
 from deepalign.models.lm_head import head_kernel
 from deepalign.models.transformer import Transformer
 from deepalign.objectives import recovery as recovery_lib
@@ -122,7 +123,8 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   n = spec.sampling.max_new_tokens
   # Rows come in groups of g copies of a prompt: generate's prefill runs once per group.
   if not with_recovery:
-    out = generate(policy, params, prompts, mask, rng_sample, spec.sampling, group_size=g)
+    out = generate(policy, params, prompts, mask, rng_sample, spec.sampling,
+                   group_size=shared_group_size(g))
     zeros = jnp.zeros(harmful.shape, jnp.int32)
     return _episodes(prompts, mask, out, jnp.zeros_like(harmful), harmful, zeros)
   rec_prompts, rec_mask = left_pad(batch['recovery_prompt_tokens'],
@@ -144,7 +146,8 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   out = generate(policy, params, jnp.concatenate([prompts, rec_prompts]),
                  jnp.concatenate([mask, rec_mask]), rng_sample, spec.sampling,
                  forced_tokens=forced,
-                 forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]), group_size=g)
+                 forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]),
+                 group_size=shared_group_size(g))
   is_rec = jnp.arange(b + rec_prompts.shape[0]) >= b
   return _episodes(jnp.concatenate([prompts, rec_prompts]), jnp.concatenate([mask, rec_mask]),
                    out, is_rec, jnp.concatenate([harmful, is_rec[b:]]),
@@ -205,9 +208,17 @@ def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: J
   return Scores(score=score, reward_model=rm, judged=judged, judged_from=start)
 
 
+def shared_group_size(group_size: int) -> int:
+  """How many rows share a prompt pass: `group_size` on one device; 1 on a mesh, where copying
+  cache rows across the batch axis could gather them between data shards (not measured at scale)."""
+  return group_size if single_device() else 1
+
+
 def prompt_groups(rows: int, group_size: int) -> np.ndarray | None:
   """Group ids [rows] of `group_size` contiguous rows with one prompt each (GRPO's G samples of
-  a prompt, `sample_episodes`' layout), or None when nothing is shared (G = 1)."""
+  a prompt, `sample_episodes`' layout), or None when nothing is shared (G = 1, or a mesh:
+  `shared_group_size`)."""
+  group_size = shared_group_size(group_size)
   if group_size <= 1 or rows % group_size:
     return None
   return np.arange(rows) // group_size

@@ -7,7 +7,8 @@ reference forward on the same rows, the sigmoid DPO loss (beta 0.1) on summed re
 log-probs, one AdamW step (lr 1e-5): the DPO stage's own pieces
 (`sequence_logprobs.pair_sequence_logprobs`, `objectives.dpo_loss`) in the generic train step
 (`loop.make_train_step`: one jit, state donated), with the stage's `dpo.shared_prefix_len` set
-to the prompt length (32): each pair's prompt runs once, not once per row (the same numbers). Prompts are the W-tiny prompts; chosen / rejected are
+to the prompt length (32): each pair's prompt runs once, not once per row (the same numbers).
+Prompts are the W-tiny prompts; chosen / rejected are
 `default_rng(4321).integers(3, 2048, size=(2, 16, 63))` followed by EOS. Size flags shrink the
 workload for smoke tests; the matmul work (GFLOP, rate reached, this machine's float32 matmul
 peak, `seconds_at_peak`) comes from `matmul_work.py`; the last printed line is one JSON object.
@@ -107,8 +108,8 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
       'seconds_per_step': timings.median, **timings.summary('step'),
       'first_call_s': timings.first_call_s,
       'loss': float(metrics['loss']),
-      **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes, sizes.prompt_len), timings.median,
-                                 peak),
+      **matmul_work.work_figures(matmul_work.dpo_step_flops(sizes, sizes.prompt_len),
+                                 timings.median, peak),
       'peak_rss_mb': timing.peak_rss_mb(),
   }
 

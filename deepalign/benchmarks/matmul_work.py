@@ -10,7 +10,8 @@ doing this work on this machine can beat.
 Counts follow the implementation (what the XLA programs compute), not an idealized minimum:
 a forward over a full sequence computes every query x key score (the causal mask is applied to
 them, not skipped); the sampler's prefill and decode steps attend over the whole KV-cache
-buffer of their decode phase; the policy's LM head runs on the response positions only (`rl_episodes.response_logits`).
+buffer of their decode phase; the policy's LM head runs on the response positions only
+(`rl_episodes.response_logits`).
 A backward pass costs two forwards' matmuls (input and weight gradients). Elementwise work
 (norms, softmax, rope, the optimizer) is not counted: it is small next to the matmuls and
 runs far from any matmul peak.
@@ -106,12 +107,11 @@ def dpo_step_flops(sizes: workload.Sizes, shared_prefix_len: int = 0) -> float:
   each pair once (B rows; keys over the T-slot cache), the other T - S tokens of every row on top
   (2B rows), LM head on those T - S positions only.
   """
-  policy = sizes.config('lm')
-  b, length, s = sizes.batch, sizes.prompt_len + sizes.new_tokens, shared_prefix_len
-  if s <= 0:
-    return 4 * forward_flops(policy, 2 * b, length, length, length)
-  return 4 * (forward_flops(policy, b, s, length, 0)
-              + forward_flops(policy, 2 * b, length - s, length, length - s))
+  length, s = sizes.prompt_len + sizes.new_tokens, shared_prefix_len
+  # A pair is a group of 2 rows sharing S columns; the head runs where a target can be.
+  group, head_tokens = (2, length - s) if s > 0 else (1, length)
+  return 4 * grouped_forward_flops(sizes.config('lm'), 2 * sizes.batch, group, s, length,
+                                   head_tokens)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,10 +72,3 @@ def fuse(params: PyTree) -> PyTree:
   """`params` with every attention's q/k/v and every gated MLP's gate/up fused (a new tree)."""
   return _fuse_module(params)
 
-
-def is_fused(params: PyTree) -> bool:
-  """Whether any module of `params` holds a fused kernel."""
-  if not isinstance(params, Mapping):
-    return False
-  return (QKV_KERNEL in params or GATE_UP_KERNEL in params
-          or any(is_fused(v) for v in params.values()))

@@ -25,7 +25,8 @@ class MLP(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     dense = lambda features, axes, name: nn.Dense(
         features, use_bias=cfg.mlp_bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        name=name, dot_general=dense_dot.dot_general, kernel_init=nn.with_logical_partitioning(init, axes),
+        name=name, dot_general=dense_dot.dot_general,
+        kernel_init=nn.with_logical_partitioning(init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
     act = ACTIVATION_FNS[cfg.activation]
     if self.has_variable('params', fused_projections.GATE_UP_KERNEL):

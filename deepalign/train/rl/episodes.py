@@ -122,9 +122,10 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
   rng_sample, rng_depth = jax.random.split(rng)
   n = spec.sampling.max_new_tokens
   # Rows come in groups of g copies of a prompt: generate's prefill runs once per group.
+  prefill_group = shared_group_size(g)
   if not with_recovery:
     out = generate(policy, params, prompts, mask, rng_sample, spec.sampling,
-                   group_size=shared_group_size(g))
+                   group_size=prefill_group)
     zeros = jnp.zeros(harmful.shape, jnp.int32)
     return _episodes(prompts, mask, out, jnp.zeros_like(harmful), harmful, zeros)
   rec_prompts, rec_mask = left_pad(batch['recovery_prompt_tokens'],
@@ -147,7 +148,7 @@ def sample_episodes(policy: Transformer, params: PyTree, batch: Mapping[str, jax
                  jnp.concatenate([mask, rec_mask]), rng_sample, spec.sampling,
                  forced_tokens=forced,
                  forced_len=jnp.concatenate([jnp.zeros((b,), jnp.int32), depth]),
-                 group_size=shared_group_size(g))
+                 group_size=prefill_group)
   is_rec = jnp.arange(b + rec_prompts.shape[0]) >= b
   return _episodes(jnp.concatenate([prompts, rec_prompts]), jnp.concatenate([mask, rec_mask]),
                    out, is_rec, jnp.concatenate([harmful, is_rec[b:]]),

@@ -57,7 +57,8 @@ class Attention(nn.Module):
     """x [B, T, D], mask [B, T, S] -> ([B, T, D], updated (keys, values) [B, K, S, hd] or None).
 
     Without `kv`, S == T and the keys are this call's; with `kv`, the new keys/values are
-    written at slots index..index+T-1 of the buffers and all S slots are attended (by mask).
+    written at slots index..index+T-1 of the buffers and all S slots are attended (by mask);
+    with `kv` and index None, they are appended (S = the buffers' slots + T).
     """
     cfg = self.config
     init = nn.initializers.normal(cfg.initializer_range)
@@ -84,8 +85,12 @@ class Attention(nn.Module):
     new_kv = None
     if kv is not None:
       cache_k, cache_v = kv
-      cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, index, 0))
-      cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, index, 0))
+      if index is None:  # append: the cache's slots are all written; these go after them
+        cache_k = jnp.concatenate([cache_k, k.astype(cache_k.dtype)], axis=2)
+        cache_v = jnp.concatenate([cache_v, v.astype(cache_v.dtype)], axis=2)
+      else:
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, index, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, index, 0))
       # Sharded over batch and KV heads, like the k / v that fill it.
       cache_k, cache_v = constrain(cache_k, CACHE), constrain(cache_v, CACHE)
       new_kv = (cache_k, cache_v)

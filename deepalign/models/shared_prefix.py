@@ -8,7 +8,7 @@ too. Under causal attention the hidden states of a row's first S positions depen
 S tokens only, so rows that agree there have the same states and the same keys and values. Here
 the first row of each group runs positions 0..S-1 once, filling a KV cache; the cache rows are
 copied to every member of the group, and all rows run positions S..T-1 on top of it (the
-cached-decoding path of `Transformer.hidden_states`). The result is the full forward's, to
+cached path of `Transformer.hidden_states`, appending to the cache). The result is the full forward's, to
 float32 rounding, and so are the gradients (they reach the prefix through the shared keys and
 values); the work of the prefix is done once per group instead of once per row (W-tiny DPO: a
 third of each row, half of it saved).
@@ -55,12 +55,14 @@ def hidden_states(model: Transformer, params: PyTree, tokens: jax.Array,
   pre = lambda x: None if x is None else x[first, :prefix_len]
   rest = lambda x: None if x is None else x[:, prefix_len:]
   mask = attention_mask.astype(jnp.int32)
-  cache = init_cache(model.config, len(first), t)
+  # A cache of exactly the prefix's slots (the prefix's write covers it: no buffer copy), and
+  # the rest appended to it: no preallocated slots to write into, or to copy under autodiff.
+  cache = init_cache(model.config, len(first), prefix_len)
   head, cache = model.apply(variables, pre(tokens), pre(mask), pre(positions), cache=cache,
                             method=Transformer.hidden_states)
   cache = cache.take_rows(jnp.asarray(source))
   tail, _ = model.apply(variables, rest(tokens), rest(mask), rest(positions), cache=cache,
-                        method=Transformer.hidden_states)
+                        append=True, method=Transformer.hidden_states)
   return jnp.concatenate([head[source], tail], axis=1)
 
 

@@ -129,9 +129,16 @@ class Transformer(nn.Module):
                             kernel_init=nn.with_logical_partitioning(init, ('embed', None)))
 
   def hidden_states(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
-                    positions: jax.Array | None = None, cache: KVCache | None = None
-                    ) -> jax.Array | tuple[jax.Array, KVCache]:
-    """[B, T, D] after the final norm (and the updated cache when `cache` is given)."""
+                    positions: jax.Array | None = None, cache: KVCache | None = None,
+                    append: bool = False) -> jax.Array | tuple[jax.Array, KVCache]:
+    """[B, T, D] after the final norm (and the updated cache when `cache` is given).
+
+    With `cache`, this call's keys and values are written at slots index..index+T-1 of its
+    preallocated buffers (decoding). With `append` too, every slot of `cache` must already be
+    written (index == max_len, e.g. a prompt's cache of exactly its length); the keys and values
+    are concatenated after them instead, and the returned cache has max_len + T slots. Same
+    numbers; no buffer is preallocated, written into, or copied under autodiff (`shared_prefix`).
+    """
     cfg = self.config
     b, t = tokens.shape
     if attention_mask is None:
@@ -151,6 +158,11 @@ class Transformer(nn.Module):
     if cache is None:
       query_slots = key_slots = jnp.arange(t)
       key_valid, index = valid, None
+    elif append:
+      # index None tells the layers to concatenate (attention.py).
+      index, start = None, cache.max_len
+      key_valid = jnp.concatenate([cache.valid, valid], axis=1)
+      query_slots, key_slots = start + jnp.arange(t), jnp.arange(start + t)
     else:
       index = cache.index
       key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
@@ -180,7 +192,7 @@ class Transformer(nn.Module):
     x = self.final_norm(x)
     if cache is None:
       return x
-    return x, KVCache(keys=kv[0], values=kv[1], valid=key_valid, index=index + t)
+    return x, KVCache(keys=kv[0], values=kv[1], valid=key_valid, index=cache.index + t)
 
   def _scanned_layers(self, x, full, sliding, cache, rope, index):
     """The scanned stack: x [B, T, D] -> (x, (keys, values) [L, B, K, S, hd] or None)."""

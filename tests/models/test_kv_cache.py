@@ -128,3 +128,24 @@ def test_grown_and_take_rows_keep_what_was_written(scan):
   axis = 1 if scan else 0
   for a, b in zip(jax.tree.leaves(rows.values), jax.tree.leaves(cache.values)):
     np.testing.assert_array_equal(a, jnp.take(b, jnp.array([2, 2, 0, 1]), axis=axis))
+
+
+@pytest.mark.parametrize('family,scan', [('llama', False), ('gemma2', True)])
+def test_append_concatenates_after_a_full_cache(family, scan):
+  """append=True: a prompt's cache of exactly its length, then the rest appended (no
+  preallocated slots) gives the full forward's outputs and a cache of both parts."""
+  cfg = ModelConfig.tiny(family, scan_layers=scan)
+  model = Transformer(cfg)
+  params = _random_params(model)
+  tokens, mask = _batch(cfg, length=9, pads=(0, 2))
+  full = model.apply({'params': params}, tokens, mask)
+  hidden = lambda *a, **k: model.apply({'params': params}, *a, **k,
+                                       method=Transformer.hidden_states)
+  _, cache = hidden(tokens[:, :4], mask[:, :4], cache=init_cache(cfg, 2, 4))
+  out, grown = hidden(tokens[:, 4:], mask[:, 4:], cache=cache, append=True)
+  logits = model.apply({'params': params}, out, method=Transformer.logits)
+  np.testing.assert_allclose(logits, full[:, 4:], atol=1e-5)
+  assert grown.max_len == 9 and int(grown.index) == 9
+  np.testing.assert_array_equal(grown.valid, mask.astype(bool))
+  for a, b in zip(jax.tree.leaves(grown.keys), jax.tree.leaves(cache.keys)):
+    np.testing.assert_array_equal(a[..., :4, :], b)

@@ -138,12 +138,17 @@ def test_append_concatenates_after_a_full_cache(family, scan):
   model = Transformer(cfg)
   params = _random_params(model)
   tokens, mask = _batch(cfg, length=9, pads=(0, 2))
-  full = model.apply({'params': params}, tokens, mask)
-  hidden = lambda *a, **k: model.apply({'params': params}, *a, **k,
-                                       method=Transformer.hidden_states)
-  _, cache = hidden(tokens[:, :4], mask[:, :4], cache=init_cache(cfg, 2, 4))
-  out, grown = hidden(tokens[:, 4:], mask[:, 4:], cache=cache, append=True)
-  logits = model.apply({'params': params}, out, method=Transformer.logits)
+  full = jax.jit(model.apply)({'params': params}, tokens, mask)
+
+  @jax.jit
+  def prefix_then_rest(tokens, mask):
+    hidden = lambda *a, **k: model.apply({'params': params}, *a, **k,
+                                         method=Transformer.hidden_states)
+    _, cache = hidden(tokens[:, :4], mask[:, :4], cache=init_cache(cfg, 2, 4))
+    out, grown = hidden(tokens[:, 4:], mask[:, 4:], cache=cache, append=True)
+    return model.apply({'params': params}, out, method=Transformer.logits), cache, grown
+
+  logits, cache, grown = prefix_then_rest(tokens, mask)
   np.testing.assert_allclose(logits, full[:, 4:], atol=1e-5)
   assert grown.max_len == 9 and int(grown.index) == 9
   np.testing.assert_array_equal(grown.valid, mask.astype(bool))

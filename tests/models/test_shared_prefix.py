@@ -48,9 +48,11 @@ def test_equals_the_full_forward_and_its_gradient(family, scan, groups):
   def shared(p):
     return shared_prefix.hidden_states(model, p, tokens, mask, positions, s, groups)
 
-  np.testing.assert_allclose(shared(params) * weight, full(params) * weight, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(shared)(params) * weight, jax.jit(full)(params) * weight,
+                             rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)) * weight)
-  got, want = jax.grad(loss(shared))(params), jax.grad(loss(full))(params)
+  # jitted: op by op, the two gradients took 20-40 s of dispatch per case
+  got, want = jax.jit(jax.grad(loss(shared)))(params), jax.jit(jax.grad(loss(full)))(params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 

@@ -1,6 +1,6 @@
 """The README's main command end to end, and the issue's figures asserted on its report.json.
 
-~5-6 minutes on 2 CPU cores. Set DEEPALIGN_TOY_STUDY_WORKDIR=DIR to keep (and on a re-run reuse)
+~5-8 minutes on 2 CPU cores. Set DEEPALIGN_TOY_STUDY_WORKDIR=DIR to keep (and on a re-run reuse)
 the study's workdir: finished runs are skipped, so a second run only re-does the analysis.
 """
 

@@ -67,11 +67,11 @@ def generation_flops(sizes: workload.Sizes, group_size: int = 1) -> float:
 def grouped_forward_flops(cfg: ModelConfig, rows: int, group_size: int, prompt_len: int,
                           length: int, head_tokens: int) -> float:
   """`forward_flops` over `rows` x `length` tokens whose groups of `group_size` rows share the
-  first `prompt_len` (`models.shared_prefix`: the prompt once per group into a cache of
-  `length` slots, the rest of every row on top); group_size 1 = the plain forward."""
+  first `prompt_len` (`models.shared_prefix`: the prompt once per group into a cache of its
+  `prompt_len` slots, the rest of every row appended on top); group_size 1 = the plain forward."""
   if group_size <= 1:
     return forward_flops(cfg, rows, length, length, head_tokens)
-  return (forward_flops(cfg, rows // group_size, prompt_len, length, 0)
+  return (forward_flops(cfg, rows // group_size, prompt_len, prompt_len, 0)
           + forward_flops(cfg, rows, length - prompt_len, length, head_tokens))
 
 
@@ -104,7 +104,7 @@ def dpo_step_flops(sizes: workload.Sizes, shared_prefix_len: int = 0) -> float:
 
   shared_prefix_len S = 0: every row in full, LM head on every position
   (`sequence_logprobs.target_logprobs`). S > 0 (`shared_target_logprobs`): the first S tokens of
-  each pair once (B rows; keys over the T-slot cache), the other T - S tokens of every row on top
+  each pair once (B rows; keys over its S slots), the other T - S tokens of every row on top
   (2B rows), LM head on those T - S positions only.
   """
   length, s = sizes.prompt_len + sizes.new_tokens, shared_prefix_len

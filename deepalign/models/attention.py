@@ -84,13 +84,13 @@ class Attention(nn.Module):
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
     new_kv = None
     if kv is not None:
-      cache_k, cache_v = kv
-      if index is None:  # append: the cache's slots are all written; these go after them
-        cache_k = jnp.concatenate([cache_k, k.astype(cache_k.dtype)], axis=2)
-        cache_v = jnp.concatenate([cache_v, v.astype(cache_v.dtype)], axis=2)
-      else:
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, index, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, index, 0))
+      def write(buffer: jax.Array, new: jax.Array) -> jax.Array:
+        new = new.astype(buffer.dtype)
+        if index is None:  # append: the buffer's slots are all written; these go after them
+          return jnp.concatenate([buffer, new], axis=2)
+        return jax.lax.dynamic_update_slice(buffer, new, (0, 0, index, 0))
+
+      cache_k, cache_v = write(kv[0], k), write(kv[1], v)
       # Sharded over batch and KV heads, like the k / v that fill it.
       cache_k, cache_v = constrain(cache_k, CACHE), constrain(cache_v, CACHE)
       new_kv = (cache_k, cache_v)

@@ -8,8 +8,8 @@ too. Under causal attention the hidden states of a row's first S positions depen
 S tokens only, so rows that agree there have the same states and the same keys and values. Here
 the first row of each group runs positions 0..S-1 once, filling a KV cache; the cache rows are
 copied to every member of the group, and all rows run positions S..T-1 on top of it (the
-cached path of `Transformer.hidden_states`, appending to the cache). The result is the full forward's, to
-float32 rounding, and so are the gradients (they reach the prefix through the shared keys and
+cached path of `Transformer.hidden_states`, appending to the cache). The result is the full
+forward's, to float32 rounding, and so are the gradients (they reach the prefix through the shared keys and
 values); the work of the prefix is done once per group instead of once per row (W-tiny DPO: a
 third of each row, half of it saved).
 

@@ -92,11 +92,12 @@ def step_flops(sizes: workload.Sizes) -> dict[str, float]:
   every one of them (the prefill, and `rl_episodes.sequence_hidden`)."""
   b, p, n, g = sizes.batch, sizes.prompt_len, sizes.new_tokens, GROUP_SIZE
   length = p + n
-  forward = lambda head, head_tokens: matmul_work.grouped_forward_flops(
-      sizes.config(head), b, g, p, length, head_tokens)
-  policy_forward = forward('lm', n)
+  forward = lambda head, head_tokens, read: matmul_work.grouped_forward_flops(
+      sizes.config(head), b, g, p, length, head_tokens, read)
+  # The policy reads the N positions predicting the response; the reward model the last one.
+  policy_forward = forward('lm', n, slice(p - 1, p - 1 + n))
   sample = matmul_work.generation_flops(sizes, g)
-  score = forward('score', 1) + policy_forward
+  score = forward('score', 1, 1) + policy_forward
   update = 3 * policy_forward
   return {'sample': sample, 'score': score, 'update': update, 'total': sample + score + update}
 

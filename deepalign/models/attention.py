@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deepalign.models import dense_dot, fused_projections
+from deepalign.models import dense_dot, fused_projections, read_positions
 from deepalign.models.config import ModelConfig
 from deepalign.models.norms import RMSNorm
 from deepalign.models.rope import apply_rope
@@ -52,13 +52,16 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
-               kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None
+               kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None,
+               read: read_positions.Read = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """x [B, T, D], mask [B, T, S] -> ([B, T, D], updated (keys, values) [B, K, S, hd] or None).
+    """x [B, T, D], mask [B, T, S] -> ([B, R, D], updated (keys, values) [B, K, S, hd] or None).
 
     Without `kv`, S == T and the keys are this call's; with `kv`, the new keys/values are
     written at slots index..index+T-1 of the buffers and all S slots are attended (by mask);
-    with `kv` and index None, they are appended (S = the buffers' slots + T).
+    with `kv` and index None, they are appended (S = the buffers' slots + T). Keys and values
+    come from all T positions, queries (and the output) from the R positions of `read` only
+    (`read_positions`; None: R = T).
     """
     cfg = self.config
     init = nn.initializers.normal(cfg.initializer_range)
@@ -69,8 +72,9 @@ class Attention(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name, 'kv')))
     if self.has_variable('params', fused_projections.QKV_KERNEL):
       q, k, v = self._fused_qkv(x)
+      q = read_positions.take(q, read)
     else:
-      q = dense(cfg.num_heads, 'heads', 'q_proj')(x)
+      q = dense(cfg.num_heads, 'heads', 'q_proj')(read_positions.take(x, read))
       k = dense(cfg.num_kv_heads, 'kv_heads', 'k_proj')(x)
       v = dense(cfg.num_kv_heads, 'kv_heads', 'v_proj')(x)
     q = constrain(q, BLT_HEADS)
@@ -80,7 +84,8 @@ class Attention(nn.Module):
                                      param_dtype=cfg.params_dtype, axis_name='kv', name=name)
       q, k = qk_norm('q_norm')(q), qk_norm('k_norm')(k)
     if rope is not None:
-      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+      q_rope = tuple(read_positions.take(table, read) for table in rope)
+      q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
     new_kv = None
     if kv is not None:
@@ -95,7 +100,8 @@ class Attention(nn.Module):
       cache_k, cache_v = constrain(cache_k, CACHE), constrain(cache_v, CACHE)
       new_kv = (cache_k, cache_v)
       k, v = cache_k.astype(cfg.compute_dtype), cache_v.astype(cfg.compute_dtype)
-    out = dot_product_attention(q, k, v, mask, cfg.attention_scale(), cfg.attn_logit_softcap)
+    out = dot_product_attention(q, k, v, read_positions.take(mask, read), cfg.attention_scale(),
+                                cfg.attn_logit_softcap)
     out = constrain(out, BLT_HEADS)
     out = nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype,

@@ -122,6 +122,10 @@ class ModelConfig:
   # One `nn.scan` over the layers (stacked params [L, ...] under params['layers'], logical axis
   # 'layers'): one compiled block instead of L, for big models. Off: params['layers_0'], ...
   scan_layers: bool = False
+  # Unscanned and without remat: the last layer's output projection and MLP run only at the
+  # positions a caller reads (`read_positions`; the same numbers to float32 rounding). Off:
+  # every position, and the states sliced afterwards (configs/toy_study.py keeps it off).
+  trim_last_layer: bool = True
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -129,6 +133,7 @@ class ModelConfig:
     set_('param_dtype', _dtype_name(self.param_dtype, 'param_dtype'))
     set_('remat', _remat_name(self.remat))
     set_('scan_layers', bool(self.scan_layers))
+    set_('trim_last_layer', bool(self.trim_last_layer))
     if self.layer_types is not None:
       set_('layer_types', tuple(self.layer_types))
     for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
@@ -215,6 +220,12 @@ class ModelConfig:
       if self.head_dim == self.hidden_size // self.num_heads:
         changes['head_dim'] = None
     return dataclasses.replace(self, **changes)
+
+  @property
+  def trims_last_layer(self) -> bool:
+    """Whether a forward that reads some positions runs the last layer there only
+    (`trim_last_layer`, unscanned, without remat; `read_positions`)."""
+    return self.trim_last_layer and not self.scan_layers and self.remat == 'none'
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -373,7 +373,8 @@ def _sliding_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 
 # Fields that do not describe the function the checkpoint computes.
-_NOT_ARCHITECTURE = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'initializer_range', 'head')
+_NOT_ARCHITECTURE = ('dtype', 'param_dtype', 'remat', 'scan_layers', 'trim_last_layer',
+                     'initializer_range', 'head')
 
 
 def _check_expressible(cfg: ModelConfig, hf: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepalign.models import read_positions
 from deepalign.models.kv_cache import init_cache
 from deepalign.models.transformer import Transformer
 
@@ -42,15 +43,17 @@ def group_layout(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def hidden_states(model: Transformer, params: PyTree, tokens: jax.Array,
                   attention_mask: jax.Array, positions: jax.Array | None, prefix_len: int,
-                  groups: np.ndarray) -> jax.Array:
-  """[N, T, D] final hidden states (as `Transformer.hidden_states`) of rows [N, T] whose
-  first `prefix_len` columns are equal within each group of `groups` (static ids [N])."""
+                  groups: np.ndarray, read: read_positions.Read = None) -> jax.Array:
+  """[N, R, D] final hidden states (as `Transformer.hidden_states`) of rows [N, T] whose
+  first `prefix_len` columns are equal within each group of `groups` (static ids [N]), at the
+  positions of `read` (`read_positions`; None: all T)."""
   n, t = tokens.shape
   if not 0 < prefix_len < t:
     raise ValueError(f'shared_prefix.hidden_states: prefix_len={prefix_len} must be in 1..{t - 1}')
   first, source = group_layout(groups)
   if source.shape != (n,):
     raise ValueError(f'shared_prefix.hidden_states: {source.shape[0]} group ids for {n} rows')
+  head_read, tail_read, parts = _split_read(read, prefix_len, t)
   variables = {'params': params}
   pre = lambda x: None if x is None else x[first, :prefix_len]
   rest = lambda x: None if x is None else x[:, prefix_len:]
@@ -59,11 +62,41 @@ def hidden_states(model: Transformer, params: PyTree, tokens: jax.Array,
   # the rest appended to it: no preallocated slots to write into, or to copy under autodiff.
   cache = init_cache(model.config, len(first), prefix_len)
   head, cache = model.apply(variables, pre(tokens), pre(mask), pre(positions), cache=cache,
-                            method=Transformer.hidden_states)
+                            read=head_read, method=Transformer.hidden_states)
   cache = cache.take_rows(jnp.asarray(source))
   tail, _ = model.apply(variables, rest(tokens), rest(mask), rest(positions), cache=cache,
-                        append=True, method=Transformer.hidden_states)
-  return jnp.concatenate([head[source], tail], axis=1)
+                        append=True, read=tail_read, method=Transformer.hidden_states)
+  head = head[source]
+  if parts is not None:
+    chosen = [x for x, keep in zip((head, tail), parts) if keep]
+    return jnp.concatenate(chosen, axis=1) if len(chosen) > 1 else chosen[0]
+  # Per-row positions: each from the prefix's states or the rest's.
+  in_head = read_positions.take(head, jnp.minimum(read, prefix_len - 1))
+  return jnp.where((read < prefix_len)[..., None], in_head, tail)
+
+
+def _split_read(read: read_positions.Read, prefix_len: int, length: int
+                ) -> tuple[read_positions.Read, read_positions.Read, tuple[bool, bool] | None]:
+  """(the prefix call's read, the rest's read, which of the two outputs make up the result:
+  None for per-row positions) for `read` of the whole rows.
+
+  A slice splits in two; a call whose part it misses still runs (the prefix for its keys and
+  values, the rest because the prefix's are all there is otherwise) and reads one position,
+  left out. Per-row positions read the prefix in full and the rest at the positions past it
+  (clipped: `hidden_states` picks per row).
+  """
+  if read is None:
+    return None, None, (True, True)
+  if isinstance(read, slice):
+    start, stop, step = read.indices(length)
+    if step != 1 or start >= stop:
+      raise ValueError(f'shared_prefix.hidden_states: read must be a non-empty slice of step 1, '
+                       f'got {read}')
+    parts = (start < prefix_len, stop > prefix_len)
+    head = slice(start, min(stop, prefix_len)) if parts[0] else slice(prefix_len - 1, prefix_len)
+    tail = slice(max(start, prefix_len) - prefix_len, stop - prefix_len) if parts[1] else slice(0, 1)
+    return head, tail, parts
+  return None, jnp.clip(read - prefix_len, 0, length - prefix_len - 1), None
 
 
 def common_prefix_len(groups: np.ndarray, *columns: np.ndarray) -> int:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 # Renamed: `attention_mask` is also the name of the padding-mask argument below.
 from deepalign.models.attention import Attention, attention_mask as slot_mask
-from deepalign.models import dense_dot
+from deepalign.models import dense_dot, read_positions
 from deepalign.models.config import ModelConfig
 from deepalign.models.kv_cache import KVCache
 from deepalign.models.lm_head import lm_logits
@@ -42,20 +42,23 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, sliding: jax.Array | None,
                kv: tuple[jax.Array, jax.Array] | None,
                masks: tuple[jax.Array, jax.Array | None],
-               rope: tuple[jax.Array, jax.Array] | None, index: jax.Array | None
+               rope: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
+               read: read_positions.Read = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """x [B, T, D] -> ([B, T, D], updated layer cache).
+    """x [B, T, D] -> ([B, R, D], updated layer cache).
 
     masks = (full, window) [B, T, S]: with window None, `full` is this layer's mask; otherwise
-    (scanned Gemma-2) the layer's flag `sliding` ([] bool) picks one of the two.
+    (scanned Gemma-2) the layer's flag `sliding` ([] bool) picks one of the two. `read`: the
+    R positions whose outputs are computed (`read_positions`; keys and values at all T).
     """
     cfg = self.config
     full, window = masks
     mask = full if window is None else jnp.where(sliding, window, full)
-    h, kv = Attention(cfg, name='attn')(make_norm(cfg, 'input_norm')(x), mask, rope, kv, index)
+    h, kv = Attention(cfg, name='attn')(make_norm(cfg, 'input_norm')(x), mask, rope, kv, index,
+                                        read)
     if cfg.sandwich_norm:
       h = make_norm(cfg, 'post_attn_norm')(h)
-    x = x + h
+    x = read_positions.take(x, read) + h
     h = MLP(cfg, name='mlp')(make_norm(cfg, 'pre_mlp_norm')(x))
     if cfg.sandwich_norm:
       h = make_norm(cfg, 'post_mlp_norm')(h)
@@ -82,6 +85,12 @@ def block_class(cfg: ModelConfig) -> Any:
                   in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
                   length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
   return cls
+
+
+def last_token_positions(attention_mask: jax.Array) -> jax.Array:
+  """[B] int32: each row's last real (mask > 0) position of attention_mask [B, T]; 0 if none."""
+  t = attention_mask.shape[1]
+  return jnp.max(jnp.where(attention_mask.astype(bool), jnp.arange(t), 0), axis=1)
 
 
 def default_positions(attention_mask: jax.Array, cache: KVCache | None = None) -> jax.Array:
@@ -130,8 +139,14 @@ class Transformer(nn.Module):
 
   def hidden_states(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                     positions: jax.Array | None = None, cache: KVCache | None = None,
-                    append: bool = False) -> jax.Array | tuple[jax.Array, KVCache]:
-    """[B, T, D] after the final norm (and the updated cache when `cache` is given).
+                    append: bool = False, read: read_positions.Read = None
+                    ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """[B, R, D] after the final norm (and the updated cache when `cache` is given).
+
+    `read`: the positions of this call's T whose states are returned (`read_positions`: a
+    static slice, or per-row positions [B, R]; None = all, R = T). With `trim_last_layer`,
+    unscanned and without remat, the last layer's output projection and MLP run at those
+    positions only; otherwise every position runs and the result is sliced.
 
     With `cache`, this call's keys and values are written at slots index..index+T-1 of its
     preallocated buffers (decoding). With `append` too, every slot of `cache` must already be
@@ -178,6 +193,9 @@ class Transformer(nn.Module):
       full = full & same
       sliding = None if sliding is None else sliding & same
 
+    # Scanned, one program runs every layer (the last cannot run fewer positions); under remat
+    # a slice is not an argument `jax.checkpoint` takes. There the states are sliced afterwards.
+    trim_last = cfg.trims_last_layer
     if cfg.scan_layers:
       x, kv = self._scanned_layers(x, full, sliding, cache, rope, index)
     else:
@@ -185,11 +203,15 @@ class Transformer(nn.Module):
       for i, layer in enumerate(self.layers):
         kv = None if cache is None else (cache.keys[i], cache.values[i])
         mask = sliding if cfg.is_sliding(i) else full
-        x, kv = layer(x, None, kv, (mask, None), rope, index)
+        layer_read = read if trim_last and i == cfg.num_layers - 1 else None
+        x, kv = layer(x, None, kv, (mask, None), rope, index, layer_read)
         new_keys.append(None if kv is None else kv[0])
         new_values.append(None if kv is None else kv[1])
       kv = (tuple(new_keys), tuple(new_values))
     x = self.final_norm(x)
+    if not trim_last:
+      # After the norm: the numbers of the untrimmed forward, bit for bit, whatever R is.
+      x = read_positions.take(x, read)
     if cache is None:
       return x
     return x, KVCache(keys=kv[0], values=kv[1], valid=key_valid, index=cache.index + t)
@@ -224,12 +246,27 @@ class Transformer(nn.Module):
     b, t, _ = hidden.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), jnp.int32)
-    last = jnp.max(jnp.where(attention_mask.astype(bool), jnp.arange(t), 0), axis=1)
-    scores = self.score(hidden[jnp.arange(b), last])
+    scores = self.score(hidden[jnp.arange(b), last_token_positions(attention_mask)])
     return scores[:, 0] if cfg.num_labels == 1 else scores
 
   def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
-               positions: jax.Array | None = None, cache: KVCache | None = None) -> Any:
+               positions: jax.Array | None = None, cache: KVCache | None = None,
+               read: read_positions.Read = None) -> Any:
+    """The head's outputs (see the class); `read` (lm / value heads, no cache): at those
+    positions only ([B, R, V] / [B, R])."""
+    if read is not None and (cache is not None or self.config.head == 'score'):
+      raise ValueError('Transformer: read= is for the lm and value heads without a cache')
+    if read is not None and not self.config.trims_last_layer:
+      # The head over every position, then the read ones: the untrimmed numbers bit for bit
+      # (a head over fewer rows sums its weight gradient in another order).
+      return read_positions.take(self(tokens, attention_mask, positions), read)
+    if read is not None:
+      return self.head_outputs(self.hidden_states(tokens, attention_mask, positions, read=read))
+    if cache is None and self.config.head == 'score':
+      # The score head reads one position per row: the last layer runs only there.
+      mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else attention_mask
+      read = last_token_positions(mask)[:, None]
+      return self.head_outputs(self.hidden_states(tokens, mask, positions, read=read))
     if cache is None:
       return self.head_outputs(self.hidden_states(tokens, attention_mask, positions),
                                attention_mask)

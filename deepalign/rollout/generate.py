@@ -83,8 +83,10 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   # decode phases grow the cache to that as they go.
   phases = decode_phases(prompt_len, n)
   cache = init_cache(cfg, batch // group_size, phases[0][1])
+  # Only the last prompt position's state is read: the last layer's queries and MLP run there.
   hidden, cache = model.apply(variables, prompt_tokens[::group_size], prompt_mask[::group_size],
-                              cache=cache, method=Transformer.hidden_states)
+                              cache=cache, read=slice(prompt_len - 1, prompt_len),
+                              method=Transformer.hidden_states)
   if group_size > 1:
     rows = jnp.repeat(jnp.arange(batch // group_size), group_size)
     hidden, cache = hidden[rows], cache.take_rows(rows)

@@ -77,6 +77,7 @@ def stage_config(run: Run, config: ml_collections.ConfigDict, workdir: str
   c = module.get_config(run.preset)
   study = config.study
   c.seed = int(config.seed)
+  c.model.trim_last_layer = bool(study.get('trim_last_layer', False))
   c.data.language = config.data.language
   c.data.refusal_rate = float(study.refusal_rate)
   if run.self_correction is not None:

@@ -64,8 +64,8 @@ def _harm(model: Any, params: Any, tokens: jax.Array, mask: jax.Array, last: jax
   if answer_ids is None:
     score = model.apply({'params': params}, tokens, mask).astype(jnp.float32)
     return jax.nn.sigmoid(score / temperature)
-  hidden = model.apply({'params': params}, tokens, mask, method=Transformer.hidden_states)
-  final = hidden[jnp.arange(tokens.shape[0]), last]
+  final = model.apply({'params': params}, tokens, mask, read=last[:, None],
+                      method=Transformer.hidden_states)[:, 0]
   logits = model.apply({'params': params}, final, method=Transformer.logits).astype(jnp.float32)
   pair = logits[:, jnp.asarray(answer_ids)] / temperature  # [N, 2]: unsafe, safe
   return jax.nn.softmax(pair, axis=-1)[:, 0]

@@ -31,12 +31,14 @@ class StudyResult:
   claims: list
 
 
-def _load_policies(workdir: str, names: list[str]) -> tuple[Any, dict]:
+def _load_policies(workdir: str, names: list[str], trim_last_layer: bool
+                   ) -> tuple[Any, dict]:
   """One model (they share an architecture, so every jit compiles once) and each run's params."""
   from deepalign import models
   model, params = None, {}
   for name in names:
     m, p = models.from_pretrained(os.path.join(workdir, name, 'export'))
+    m = models.Transformer(m.config.replace(trim_last_layer=trim_last_layer))
     if model is not None and m.config != model.config:
       raise UserError(f'toy study: {name} has another architecture than {names[0]}; the study '
                       'measures policies of one shape (use one model.* for every run)')
@@ -59,7 +61,7 @@ def analyse(config: ml_collections.ConfigDict, workdir: str, names: list[str],
     data = stage_data.load(base_config)
     probe = measure.make_probe(data.env, data.tokenizer, data.template, base_config,
                                config.analysis)
-    model, params = _load_policies(workdir, names)
+    model, params = _load_policies(workdir, names, base_config.model.trim_last_layer)
   base_params = params[base_run.name]
   results = {}
   for name in names:

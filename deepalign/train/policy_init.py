@@ -62,6 +62,7 @@ def _mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
 def fresh_config(config: ml_collections.ConfigDict, tokenizer: Any, head: str) -> models.ModelConfig:
   values = {k: config.model[k] for k in ARCH_FIELDS}
   values['scan_layers'] = _scan_layers(config)
+  values['trim_last_layer'] = trim_last_layer(config)
   values['vocab_size'] = values['vocab_size'] or tokenizer.vocab_size
   if values['head_dim'] == 0:
     values['head_dim'] = None
@@ -101,7 +102,8 @@ def build(config: ml_collections.ConfigDict, tokenizer: Any, head: str = 'lm'
                                                   mesh=mesh, rules=rules,
                                                   scan_layers=_scan_layers(config))
     loaded_config = loaded_model.config
-  cfg = loaded_config.replace(remat=config.model.remat, scan_layers=_scan_layers(config))
+  cfg = loaded_config.replace(remat=config.model.remat, scan_layers=_scan_layers(config),
+                              trim_last_layer=trim_last_layer(config))
   if cfg.head != head:
     cfg = cfg.replace(head=head, num_labels=1)
   model = models.Transformer(cfg)
@@ -118,7 +120,8 @@ def abstract_scorer(directory: str, config: ml_collections.ConfigDict, param_dty
   config.json alone (`config.model.abstract`: deepalign.plan). `traceable` turns the shapes into
   values inside a trace."""
   cfg = hf_config.load_hf_config(directory, dtype=config.model.dtype, param_dtype=param_dtype)
-  model = models.Transformer(cfg.replace(scan_layers=_scan_layers(config)))
+  model = models.Transformer(cfg.replace(scan_layers=_scan_layers(config),
+                                         trim_last_layer=trim_last_layer(config)))
   return model, jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
 
 
@@ -128,8 +131,15 @@ def load_frozen(directory: str, config: ml_collections.ConfigDict, param_dtype: 
   straight into the run's mesh layout (each process reads only its slices), scanned like the
   policy."""
   mesh, rules = _mesh_and_rules(config)
-  return models.from_pretrained(directory, dtype=config.model.dtype, param_dtype=param_dtype,
-                                mesh=mesh, rules=rules, scan_layers=_scan_layers(config))
+  model, params = models.from_pretrained(directory, dtype=config.model.dtype,
+                                         param_dtype=param_dtype, mesh=mesh, rules=rules,
+                                         scan_layers=_scan_layers(config))
+  return models.Transformer(model.config.replace(trim_last_layer=trim_last_layer(config))), params
+
+
+def trim_last_layer(config: ml_collections.ConfigDict) -> bool:
+  """`model.trim_last_layer` (default on; `models.read_positions`) for every model of a run."""
+  return bool(config.model.get('trim_last_layer', True))
 
 
 def cast_floats(tree: PyTree, dtype: str) -> PyTree:

@@ -25,9 +25,10 @@ def target_logprobs(model: models.Transformer, params: Any, batch: Mapping[str, 
   """
   tokens = batch[f'{prefix}tokens']
   mask = batch.get(f'{prefix}segment_ids', batch[f'{prefix}attention_mask'])
+  # The last position predicts no target: the last layer skips it (`read`).
   hidden = model.apply({'params': params}, tokens, mask, batch[f'{prefix}positions'],
-                       method=models.Transformer.hidden_states)
-  logprobs, _ = token_stats(hidden[:, :-1], head_kernel(params, model.config), tokens[:, 1:],
+                       read=slice(0, tokens.shape[1] - 1), method=models.Transformer.hidden_states)
+  logprobs, _ = token_stats(hidden, head_kernel(params, model.config), tokens[:, 1:],
                             model.config, chunk_size=chunk_size)
   return logprobs, batch[f'{prefix}loss_mask'][:, 1:].astype(jax.numpy.float32)
 
@@ -37,13 +38,14 @@ def shared_target_logprobs(model: models.Transformer, params: Any, batch: Mappin
                            ) -> tuple[jax.Array, jax.Array]:
   """`target_logprobs` of tokens prefix_len..T-1 only ([B, T - prefix_len] each), for rows whose
   first `prefix_len` columns agree within each group of `groups` and carry no loss target:
-  the shared columns run once per group (`models.shared_prefix`) and the LM head only where a
-  target can be."""
+  the shared columns run once per group (`models.shared_prefix`) and the last layer's queries,
+  MLP and the LM head only where a target can be."""
   tokens = batch['tokens']
   mask = batch.get('segment_ids', batch['attention_mask'])
+  # Only positions that predict a target run the last layer's queries and MLP (`read`).
   hidden = shared_prefix.hidden_states(model, params, tokens, mask, batch['positions'],
-                                       prefix_len, groups)
-  logprobs, _ = token_stats(hidden[:, prefix_len - 1:-1], head_kernel(params, model.config),
+                                       prefix_len, groups, read=slice(prefix_len - 1, -1))
+  logprobs, _ = token_stats(hidden, head_kernel(params, model.config),
                             tokens[:, prefix_len:], model.config, chunk_size=chunk_size)
   return logprobs, batch['loss_mask'][:, prefix_len:].astype(jnp.float32)
 

@@ -34,7 +34,8 @@ def _flat(config: Any, prefix: str = '') -> dict[str, Any]:
 
 
 # model.* fields that change how a step runs, not which parameters a run holds.
-NOT_IDENTITY = ('model.remat', 'model.logits_chunk_size', 'model.abstract')
+NOT_IDENTITY = ('model.remat', 'model.logits_chunk_size', 'model.abstract',
+                'model.trim_last_layer')
 
 
 def identity_changes(old: dict, new: dict) -> list[str]:

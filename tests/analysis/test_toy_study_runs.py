@@ -106,3 +106,32 @@ def test_finished_runs_are_skipped_and_a_preempted_run_stops_the_study(tmp_path)
   calls.clear()
   runs.train_all(chosen, config, str(tmp_path), _fake_train(calls))
   assert calls == ['ppo']
+
+
+def test_every_run_and_model_of_the_study_keeps_the_last_layer_whole(tmp_path):
+  """study.trim_last_layer (off) reaches every stage config, and from there every model a run
+  builds, fresh or loaded (the figures stay bit for bit the published ones); a stage preset on
+  its own keeps the default (on)."""
+  import jax
+  from configs import ppo
+  from deepalign import models
+  from deepalign.train import policy_init, stage_data
+  config = toy_study.get_config()
+  for run in runs.RUNS:
+    assert runs.stage_config(run, config, str(tmp_path)).model.trim_last_layer is False
+  config.study.trim_last_layer = True
+  assert all(runs.stage_config(r, config, str(tmp_path)).model.trim_last_layer for r in runs.RUNS)
+  stage = ppo.get_config('toy')
+  assert stage.model.trim_last_layer is True
+  stage.model.update({'trim_last_layer': False, 'init_from': ''})
+  tokenizer = stage_data.load(stage).tokenizer
+  model, init = policy_init.build(stage, tokenizer, head='score')  # fresh
+  assert model.config.trim_last_layer is False
+  models.save_pretrained(model, init(jax.random.key(0)), str(tmp_path / 'rm'))
+  loaded, _ = policy_init.load_frozen(str(tmp_path / 'rm'), stage, 'float32')  # reward, judge
+  assert loaded.config.trim_last_layer is False
+  stage.model.init_from = str(tmp_path / 'rm')
+  assert policy_init.build(stage, tokenizer, head='lm')[0].config.trim_last_layer is False
+  stage.model.trim_last_layer = True
+  assert policy_init.build(stage, tokenizer, head='lm')[0].config.trim_last_layer
+  assert policy_init.load_frozen(str(tmp_path / 'rm'), stage, 'float32')[0].config.trim_last_layer

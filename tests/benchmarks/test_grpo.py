@@ -66,9 +66,10 @@ def test_update_count_matches_xla_cost_analysis():
   tokens = jnp.ones((sizes.batch, sizes.prompt_len + n), jnp.int32)
 
   def loss(params):  # the group's prompt once (`rl_episodes.sequence_hidden`, as the step runs it)
+    # ... and the positions predicting the response read (`rl_episodes.response_hidden`)
     hidden = rl_episodes.sequence_hidden(policy, params, tokens, jnp.ones_like(tokens),
-                                         sizes.prompt_len, grpo.GROUP_SIZE)
-    hidden = hidden[:, sizes.prompt_len - 1:-1]
+                                         sizes.prompt_len, grpo.GROUP_SIZE,
+                                         read=slice(sizes.prompt_len - 1, -1))
     return jnp.sum(policy.apply({'params': params}, hidden, method=type(policy).logits))
 
   cost = jax.jit(jax.grad(loss)).lower(state.params['policy']).compile().cost_analysis()

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepalign.models import shared_prefix
+from deepalign.models import read_positions, shared_prefix
 from deepalign.models.sharding import single_device
 from deepalign.models.lm_head import head_kernel
-from deepalign.models.transformer import Transformer
+from deepalign.models.transformer import Transformer, last_token_positions
 from deepalign.objectives import recovery as recovery_lib
 from deepalign.objectives import token_rewards
 from deepalign.rollout import chunked_logprobs
@@ -188,10 +188,12 @@ def score_episodes(reward_model: Transformer, reward_params: PyTree, judge_fn: J
   metrics, when `spec.judge_ordinary`): each model runs only on the rows it scores."""
   seq, seq_mask = episodes.sequence
   seq, seq_mask = seq[:n_ordinary], seq_mask[:n_ordinary]
-  # The score head reads the last real token of each row; the groups' prompts run once.
+  # The score head reads the last real token of each row (the last layer runs only there);
+  # the groups' prompts run once.
+  last = last_token_positions(seq_mask)[:, None]
   hidden = sequence_hidden(reward_model, reward_params, seq, seq_mask,
-                           episodes.prompt_tokens.shape[1], spec.group_size)
-  rm = reward_model.apply({'params': reward_params}, hidden, seq_mask,
+                           episodes.prompt_tokens.shape[1], spec.group_size, read=last)
+  rm = reward_model.apply({'params': reward_params}, hidden,
                           method=Transformer.head_outputs).astype(jnp.float32)
   n_rows = episodes.tokens.shape[0]
   start = 0 if spec.judge_ordinary else n_ordinary
@@ -226,13 +228,16 @@ def prompt_groups(rows: int, group_size: int) -> np.ndarray | None:
 
 
 def sequence_hidden(model: Transformer, params: PyTree, tokens: jax.Array, mask: jax.Array,
-                    prompt_len: int, group_size: int = 1) -> jax.Array:
-  """Final hidden states [E, P + N, D] of prompt ⊕ response rows; with `group_size` G > 1 each
-  group's prompt runs once (`models.shared_prefix`: the same numbers, 1/G of the prompt work)."""
+                    prompt_len: int, group_size: int = 1, read: read_positions.Read = None
+                    ) -> jax.Array:
+  """Final hidden states [E, R, D] of prompt ⊕ response rows at the positions of `read`
+  (`models.read_positions`; None: all P + N); with `group_size` G > 1 each group's prompt runs
+  once (`models.shared_prefix`: the same numbers, 1/G of the prompt work)."""
   groups = prompt_groups(tokens.shape[0], group_size)
   if groups is None:
-    return model.apply({'params': params}, tokens, mask, method=Transformer.hidden_states)
-  return shared_prefix.hidden_states(model, params, tokens, mask, None, prompt_len, groups)
+    return model.apply({'params': params}, tokens, mask, read=read,
+                       method=Transformer.hidden_states)
+  return shared_prefix.hidden_states(model, params, tokens, mask, None, prompt_len, groups, read)
 
 
 def response_hidden(model: Transformer, params: PyTree, episodes: Episodes,
@@ -244,8 +249,7 @@ def response_hidden(model: Transformer, params: PyTree, episodes: Episodes,
   """
   seq, seq_mask = episodes.sequence
   p, n = episodes.prompt_tokens.shape[1], episodes.tokens.shape[1]
-  hidden = sequence_hidden(model, params, seq, seq_mask, p, group_size)
-  return hidden[:, p - 1:p - 1 + n]
+  return sequence_hidden(model, params, seq, seq_mask, p, group_size, read=slice(p - 1, p - 1 + n))
 
 
 def response_logits(model: Transformer, params: PyTree, episodes: Episodes
@@ -288,8 +292,8 @@ def response_values(value_model: Transformer, value_params: PyTree, episodes: Ep
   """V of the state before each response token [E, N] (value model's output at P - 1 + t)."""
   seq, seq_mask = episodes.sequence
   p, n = episodes.prompt_tokens.shape[1], episodes.tokens.shape[1]
-  values = value_model.apply({'params': value_params}, seq, seq_mask)
-  return values[:, p - 1:p - 1 + n].astype(jnp.float32)
+  values = value_model.apply({'params': value_params}, seq, seq_mask, read=slice(p - 1, p - 1 + n))
+  return values.astype(jnp.float32)
 
 
 def episode_metrics(episodes: Episodes, scores: Scores, n_ordinary: int) -> dict[str, jax.Array]:

@@ -145,8 +145,9 @@ class Transformer(nn.Module):
 
     `read`: the positions of this call's T whose states are returned (`read_positions`: a
     static slice, or per-row positions [B, R]; None = all, R = T). With `trim_last_layer`,
-    unscanned and without remat, the last layer's output projection and MLP run at those
-    positions only; otherwise every position runs and the result is sliced.
+    unscanned and without remat, the last layer computes keys and values at every position and
+    its queries, attention, output projection and MLP at those only; otherwise every position
+    runs and the normed states are sliced.
 
     With `cache`, this call's keys and values are written at slots index..index+T-1 of its
     preallocated buffers (decoding). With `append` too, every slot of `cache` must already be

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from deepalign.benchmarks import workload
+from deepalign.models import read_positions
 from deepalign.models.config import ModelConfig
 from deepalign.rollout.generate import decode_phases
 
@@ -83,8 +84,7 @@ def grouped_forward_flops(cfg: ModelConfig, rows: int, group_size: int, prompt_l
   last token: the prefix in full, k positions of the rest), or None for all.
   """
   if group_size <= 1:
-    count = (length if read is None else read if isinstance(read, int)
-             else len(range(*read.indices(length))))
+    count = read if isinstance(read, int) else read_positions.count(read, length)
     return forward_flops(cfg, rows, length, length, head_tokens, count)
   rest = length - prompt_len
   if read is None:

@@ -122,9 +122,9 @@ class ModelConfig:
   # One `nn.scan` over the layers (stacked params [L, ...] under params['layers'], logical axis
   # 'layers'): one compiled block instead of L, for big models. Off: params['layers_0'], ...
   scan_layers: bool = False
-  # Unscanned and without remat: the last layer's output projection and MLP run only at the
-  # positions a caller reads (`read_positions`; the same numbers to float32 rounding). Off:
-  # every position, and the states sliced afterwards (configs/toy_study.py keeps it off).
+  # Unscanned and without remat: the last layer's queries, attention, output projection and MLP
+  # run only at the positions a caller reads (`read_positions`; the same numbers to float32
+  # rounding). Off: every position, the states sliced afterwards (configs/toy_study.py).
   trim_last_layer: bool = True
 
   def __post_init__(self):

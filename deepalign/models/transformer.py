@@ -139,7 +139,8 @@ class Transformer(nn.Module):
 
   def hidden_states(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                     positions: jax.Array | None = None, cache: KVCache | None = None,
-                    append: bool = False, read: read_positions.Read = None
+                    append: bool = False, read: read_positions.Read = None,
+                    rope: tuple[jax.Array, jax.Array] | None = None
                     ) -> jax.Array | tuple[jax.Array, KVCache]:
     """[B, R, D] after the final norm (and the updated cache when `cache` is given).
 
@@ -154,6 +155,11 @@ class Transformer(nn.Module):
     written (index == max_len, e.g. a prompt's cache of exactly its length); the keys and values
     are concatenated after them instead, and the returned cache has max_len + T slots. Same
     numbers; no buffer is preallocated, written into, or copied under autodiff (`shared_prefix`).
+
+    `rope`: this call's (cos, sin) [B, T, hd/2], `rope.rope_tables(config, positions)` computed
+    by the caller; None computes them here. A decode loop computes every step's tables once,
+    before the loop: XLA:CPU fuses cos / sin into each fusion that reads them and evaluates them
+    per element there (W-tiny: 16 x 4 heads x 64 per q and k of every layer, each step).
     """
     cfg = self.config
     b, t = tokens.shape
@@ -168,7 +174,11 @@ class Transformer(nn.Module):
     if cfg.position_embedding == 'learned':
       x = x + self.pos_embed(positions)
     x = constrain(x, BLT_EMBED)
-    rope = rope_tables(cfg, positions) if cfg.position_embedding == 'rope' else None
+    if rope is None:
+      rope = rope_tables(cfg, positions) if cfg.position_embedding == 'rope' else None
+    elif cfg.position_embedding != 'rope':
+      raise ValueError(f'hidden_states: rope tables were given, but the model has '
+                      f'position_embedding={cfg.position_embedding!r}.')
 
     valid = attention_mask.astype(bool)
     if cache is None:

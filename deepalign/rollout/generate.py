@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from deepalign.errors import UserError
 from deepalign.models import fused_projections
 from deepalign.models.kv_cache import init_cache
+from deepalign.models.rope import rope_tables
 from deepalign.models.sharding import single_device
 from deepalign.models.transformer import Transformer
 from deepalign.rollout.categorical import argmax_last, sample_categorical
@@ -92,6 +93,11 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
     hidden, cache = hidden[rows], cache.take_rows(rows)
   first_logits = model.apply(variables, hidden[:, -1], method=Transformer.logits)
   first_position = jnp.sum(prompt_mask, axis=1)  # [B] position of response token 0
+  # Step t feeds token t - 1 at position first_position + t - 1: every step's rope tables at
+  # once, before the loop (inside it XLA:CPU evaluates cos / sin per element of q and k).
+  step_rope = None
+  if cfg.position_embedding == 'rope':
+    step_rope = rope_tables(cfg, first_position[:, None] - 1 + jnp.arange(n, dtype=jnp.int32))
 
   def choose(logits: jax.Array, t: jax.Array, done: jax.Array):
     """Token t of every row from next-token logits [B, V]."""
@@ -137,8 +143,11 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   def body(state):
     t, token, exists, cache, done, buffers = state
     positions = (first_position + t - 1)[:, None]
+    rope = None if step_rope is None else tuple(
+        jax.lax.dynamic_slice_in_dim(table, t, 1, axis=1) for table in step_rope)
     hidden, cache = model.apply(variables, token[:, None], exists[:, None].astype(jnp.int32),
-                                positions=positions, cache=cache, method=Transformer.hidden_states)
+                                positions=positions, cache=cache, rope=rope,
+                                method=Transformer.hidden_states)
     logits = model.apply(variables, hidden[:, 0], method=Transformer.logits)
     token, logprob, entropy, exists, was_forced, done = choose(logits, t, done)
     buffers = write(buffers, t, (token, logprob, entropy, exists, was_forced))

@@ -106,6 +106,27 @@ def test_default_positions_continue_after_cache():
   np.testing.assert_allclose(out, full[:, 4:], atol=1e-5)
 
 
+def test_given_rope_tables_are_the_ones_of_the_positions():
+  # generate hands every decode step its precomputed (cos, sin): the same numbers, bit for bit,
+  # as the tables hidden_states computes from the positions; other tables (not a uniform shift,
+  # which rope cannot see) move the output.
+  from deepalign.models.rope import rope_tables
+  cfg = ModelConfig.tiny('llama')
+  model = Transformer(cfg)
+  params = _random_params(model)
+  tokens, mask = _batch(cfg, length=6, pads=(2, 0))
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0) + 3
+  states = jax.jit(lambda p, rope: model.apply({'params': p}, tokens, mask, positions, rope=rope,
+                                               method=Transformer.hidden_states))
+  np.testing.assert_array_equal(states(params, rope_tables(cfg, positions)), states(params, None))
+  assert not np.allclose(states(params, rope_tables(cfg, positions * 2)), states(params, None),
+                         atol=1e-3)
+  learned = Transformer(ModelConfig.tiny('gpt2'))
+  with pytest.raises(ValueError, match='position_embedding'):
+    learned.apply({'params': _random_params(learned)}, tokens, mask,
+                  rope=rope_tables(cfg, positions), method=Transformer.hidden_states)
+
+
 @pytest.mark.parametrize('scan', [False, True])
 def test_grown_and_take_rows_keep_what_was_written(scan):
   cfg = ModelConfig.tiny('llama', scan_layers=scan)

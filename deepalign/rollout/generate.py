@@ -72,10 +72,11 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   n = config.max_new_tokens
   prompt_mask = prompt_mask.astype(jnp.int32)
   forced, forced_len = _forced_columns(forced_tokens, forced_len, batch, n)
+  # The prefill multiplies many rows per kernel: the model's own kernels, no fused copies.
+  prefill_variables = variables = {'params': params}
   if config.fuse_projections and single_device():
     # Once per call, outside the loop; on a mesh the concatenation would reshard the kernels.
-    params = fused_projections.fuse(params)
-  variables = {'params': params}
+    variables = {'params': fused_projections.fuse(params)}
 
   if group_size < 1 or batch % group_size:
     raise UserError(f'generate: group_size={group_size} must be >= 1 and divide the '
@@ -85,7 +86,8 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array, prompt_m
   phases = decode_phases(prompt_len, n)
   cache = init_cache(cfg, batch // group_size, phases[0][1])
   # Only the last prompt position's state is read: the last layer's queries and MLP run there.
-  hidden, cache = model.apply(variables, prompt_tokens[::group_size], prompt_mask[::group_size],
+  hidden, cache = model.apply(prefill_variables, prompt_tokens[::group_size],
+                              prompt_mask[::group_size],
                               cache=cache, read=slice(prompt_len - 1, prompt_len),
                               method=Transformer.hidden_states)
   if group_size > 1:

@@ -35,13 +35,14 @@ Params = dict[str, Any]
 
 def from_pretrained(hf_dir: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,
                     shardings: Any = None, *, mesh: Mesh | None = None, rules: Any = None,
-                    scan_layers: bool = False, remat: Any = 'none'
+                    scan_layers: bool = False, remat: Any = 'none', trim_last_layer: bool = True
                     ) -> tuple[Transformer, Params]:
   """(Transformer, params) from a transformers checkpoint directory (safetensors only).
 
   `dtype` is the compute dtype, `param_dtype` the dtype parameters are stored in; both default
   to the checkpoint's (`config.json` `dtype` / `torch_dtype`; float16 becomes float32).
-  `scan_layers` / `remat` set those `ModelConfig` fields (a scanned model's layers load stacked).
+  `scan_layers` / `remat` / `trim_last_layer` set those `ModelConfig` fields (a scanned model's
+  layers load stacked).
 
   Placement: without `shardings` or `mesh`, plain `jnp` arrays on the default device. With
   `mesh` (and the logical-axis `rules`, default `parallel.DEFAULT_RULES`), or an explicit
@@ -54,7 +55,7 @@ def from_pretrained(hf_dir: str | os.PathLike, dtype: Any = None, param_dtype: A
   if os.path.isfile(hf_dir):
     hf_files.refuse_pickle(hf_dir)
   cfg = hf_config.load_hf_config(hf_dir, dtype=dtype, param_dtype=param_dtype)
-  cfg = cfg.replace(scan_layers=scan_layers, remat=remat)
+  cfg = cfg.replace(scan_layers=scan_layers, remat=remat, trim_last_layer=trim_last_layer)
   model = Transformer(cfg)
   if shardings is None and mesh is not None:
     shardings = model_shardings(model, mesh, rules)

@@ -37,8 +37,8 @@ def _load_policies(workdir: str, names: list[str], trim_last_layer: bool
   from deepalign import models
   model, params = None, {}
   for name in names:
-    m, p = models.from_pretrained(os.path.join(workdir, name, 'export'))
-    m = models.Transformer(m.config.replace(trim_last_layer=trim_last_layer))
+    m, p = models.from_pretrained(os.path.join(workdir, name, 'export'),
+                                  trim_last_layer=trim_last_layer)
     if model is not None and m.config != model.config:
       raise UserError(f'toy study: {name} has another architecture than {names[0]}; the study '
                       'measures policies of one shape (use one model.* for every run)')

@@ -131,10 +131,9 @@ def load_frozen(directory: str, config: ml_collections.ConfigDict, param_dtype: 
   straight into the run's mesh layout (each process reads only its slices), scanned like the
   policy."""
   mesh, rules = _mesh_and_rules(config)
-  model, params = models.from_pretrained(directory, dtype=config.model.dtype,
-                                         param_dtype=param_dtype, mesh=mesh, rules=rules,
-                                         scan_layers=_scan_layers(config))
-  return models.Transformer(model.config.replace(trim_last_layer=trim_last_layer(config))), params
+  return models.from_pretrained(directory, dtype=config.model.dtype, param_dtype=param_dtype,
+                                mesh=mesh, rules=rules, scan_layers=_scan_layers(config),
+                                trim_last_layer=trim_last_layer(config))
 
 
 def trim_last_layer(config: ml_collections.ConfigDict) -> bool:

@@ -25,7 +25,6 @@ Size flags shrink every work alike (the JSON then says "workload": "reduced").
 import argparse
 import dataclasses
 import importlib
-import json
 import shutil
 import statistics
 import sys
@@ -349,16 +348,10 @@ def main(argv: list[str] | None = None) -> int:
       'timed calls per round and work (0: W_TINY.md\'s counts, ' +
       ', '.join(f'{w} {n}' for w, n in ITERS.items()) + ')')
   args = parser.parse_args(argv)
-  try:
-    result = run(workload.sizes_from_args(args), args.rounds,
-                 tuple(w for w in args.work.split(',') if w), args.iters, args.warmup,
-                 args.seed, args.prompts, args.peers, args.torch_threads)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_table(result))
-  print(json.dumps(result))
-  return 0
+  return workload.report(lambda: run(workload.sizes_from_args(args), args.rounds,
+                                     tuple(w for w in args.work.split(',') if w), args.iters,
+                                     args.warmup, args.seed, args.prompts, args.peers,
+                                     args.torch_threads), format_table)
 
 
 if __name__ == '__main__':

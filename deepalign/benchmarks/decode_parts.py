@@ -21,7 +21,6 @@ could remove. Last line: one JSON object.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Any, Callable
@@ -207,15 +206,8 @@ def main(argv: list[str] | None = None) -> int:
   workload.add_arguments(parser, iters=3, warmup=2)
   parser.add_argument('--rounds', type=int, default=5, help='alternating rounds')
   args = parser.parse_args(argv)
-  try:
-    result = run(workload.sizes_from_args(args), args.rounds, args.iters, args.warmup, args.seed,
-                 args.prompts)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_summary(result))
-  print(json.dumps(result))
-  return 0
+  return workload.report(lambda: run(workload.sizes_from_args(args), args.rounds, args.iters,
+                                     args.warmup, args.seed, args.prompts), format_summary)
 
 
 if __name__ == '__main__':

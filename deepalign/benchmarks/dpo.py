@@ -15,7 +15,6 @@ peak, `seconds_at_peak`) comes from `matmul_work.py`; the last printed line is o
 """
 
 import argparse
-import json
 import sys
 from typing import Any, Mapping
 
@@ -26,7 +25,6 @@ import optax
 
 from deepalign import objectives
 from deepalign.benchmarks import matmul_work, timing, w_tiny, workload
-from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.train import pair_rows
 from deepalign.train.loop import make_train_step
@@ -114,24 +112,24 @@ def run(sizes: workload.Sizes, iters: int = 10, warmup: int = 2, seed: int = 0,
   }
 
 
+def format_summary(result: dict[str, Any]) -> str:
+  """The human-readable lines printed before the JSON."""
+  return '\n'.join([
+      f'deepalign DPO step ({result["workload"]}): {result["seconds_per_step"]:.4f} s/step '
+      f'(median of {result["iters"]} after {result["warmup"]} warm-ups), '
+      f'{result["rows"]} x {result["seq_len"]} tokens, {result["step_cpu_median_s"]:.3f} '
+      f'CPU-s/step, peak RSS {result["peak_rss_mb"]:.0f} MB, '
+      f'first call {result["first_call_s"]:.1f} s, load {result["load_avg_1m"]}',
+      matmul_work.format_work(result)])
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m deepalign.benchmarks.dpo',
                                    description=__doc__.split('\n')[0])
   workload.add_arguments(parser, iters=10, warmup=2)
   args = parser.parse_args(argv)
-  try:
-    result = run(workload.sizes_from_args(args), args.iters, args.warmup, args.seed, args.prompts)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'deepalign DPO step ({result["workload"]}): {result["seconds_per_step"]:.4f} s/step '
-        f'(median of {result["iters"]} after {result["warmup"]} warm-ups), '
-        f'{result["rows"]} x {result["seq_len"]} tokens, {result["step_cpu_median_s"]:.3f} '
-        f'CPU-s/step, peak RSS {result["peak_rss_mb"]:.0f} MB, '
-        f'first call {result["first_call_s"]:.1f} s, load {result["load_avg_1m"]}')
-  print(matmul_work.format_work(result))
-  print(json.dumps(result))
-  return 0
+  return workload.report(lambda: run(workload.sizes_from_args(args), args.iters, args.warmup,
+                                     args.seed, args.prompts), format_summary)
 
 
 if __name__ == '__main__':

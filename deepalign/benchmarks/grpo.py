@@ -16,7 +16,6 @@ multiple of the group size); the last printed line is one JSON object.
 """
 
 import argparse
-import json
 import sys
 from typing import Any, Mapping
 
@@ -141,14 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                    description=__doc__.split('\n')[0])
   workload.add_arguments(parser, iters=7, warmup=2)
   args = parser.parse_args(argv)
-  try:
-    result = run(workload.sizes_from_args(args), args.iters, args.warmup, args.seed, args.prompts)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_summary(result))
-  print(json.dumps(result))
-  return 0
+  return workload.report(lambda: run(workload.sizes_from_args(args), args.iters, args.warmup,
+                                     args.seed, args.prompts), format_summary)
 
 
 if __name__ == '__main__':

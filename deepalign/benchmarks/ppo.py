@@ -19,7 +19,6 @@ is one JSON object.
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from typing import Any, Mapping
@@ -30,7 +29,6 @@ import numpy as np
 import optax
 
 from deepalign.benchmarks import matmul_work, ppo_pieces, timing, w_tiny, workload
-from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer, init_params
 from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train.rl.ppo_step import PPOConfig, make_ppo_step
@@ -199,15 +197,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--no_pieces', action='store_true',
                       help='skip timing the separately-jitted pieces (no shares)')
   args = parser.parse_args(argv)
-  try:
-    result = run(workload.sizes_from_args(args), args.iters, args.warmup, args.seed,
-                 args.prompts, pieces=not args.no_pieces)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_summary(result))
-  print(json.dumps(result))
-  return 0
+  return workload.report(lambda: run(workload.sizes_from_args(args), args.iters, args.warmup,
+                                     args.seed, args.prompts, pieces=not args.no_pieces),
+                         format_summary)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,9 @@ and the JSON line says `"workload": "reduced"` so its figures are never mistaken
 
 import argparse
 import dataclasses
-from typing import Any
+import json
+import sys
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,3 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser, iters: int, warmup: int) -> N
 
 def sizes_from_args(args: argparse.Namespace) -> Sizes:
   return Sizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)})
+
+
+def report(measure: Callable[[], dict[str, Any]], summary: Callable[[dict[str, Any]], str]) -> int:
+  """A benchmark CLI's ending: runs `measure`, prints `summary(result)` and, as the last line,
+  the result as one JSON object; status 0. A UserError is one line on stderr, status 2 (as
+  every entry point, not a traceback)."""
+  try:
+    result = measure()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(summary(result))
+  print(json.dumps(result))
+  return 0

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from deepalign import models, rollout
-from deepalign.benchmarks import dpo, grpo, matmul_work, ppo, timing, workload
+from deepalign.benchmarks import dpo, grpo, matmul_work, ppo, timing, w_tiny, workload
 from deepalign.benchmarks.timing import Timings
 from deepalign.errors import UserError
 from deepalign.train.loop import make_train_step
@@ -132,8 +132,7 @@ def deepalign_generation(sizes: workload.Sizes, seed: int, prompts_path: str | N
   prompts = jnp.asarray(workload.prompts(sizes, prompts_path))
   model = models.Transformer(sizes.config('lm'))
   params = params['lm']  # not donated
-  config = rollout.SamplingConfig(max_new_tokens=sizes.new_tokens, temperature=1.0,
-                                  eos_id=2, pad_id=0, stop_at_eos=False)
+  config = w_tiny.sampling_config(sizes.new_tokens)
   key = jax.random.key(seed + 1)
   calls = {'n': 0}
 

@@ -42,11 +42,6 @@ PARTS = ('prefill', 'matmuls', 'attention', 'sampler')
 _TINY = 1e-6  # folds a step's outputs into the next step's input without changing its scale
 
 
-def _sampling_config(sizes: workload.Sizes) -> rollout.SamplingConfig:
-  return rollout.SamplingConfig(max_new_tokens=sizes.new_tokens, temperature=w_tiny.TEMPERATURE,
-                                eos_id=w_tiny.EOS_ID, pad_id=w_tiny.PAD_ID, stop_at_eos=False)
-
-
 def _decode_kernels(params: Any, num_layers: int) -> tuple[list[tuple[jax.Array, ...]], jax.Array]:
   """Per layer (q|k|v [D, 3F'], o [H*hd, D], gate|up [D, 2F], down [F, D]) as `generate`
   multiplies them (`fused_projections.fuse`), and the LM head [D, V]."""
@@ -108,8 +103,10 @@ def _sampler_program(steps: int, temperature: float) -> Callable:
   return jax.jit(run)
 
 
-def build(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> '_Calls':
-  """{'generate' and each of PARTS: call(i) -> the jax values to wait for}, compiled lazily."""
+def build(sizes: workload.Sizes, seed: int, prompts_path: str | None
+          ) -> tuple[dict[str, Callable], float]:
+  """({'generate' and each of PARTS: call(i) -> the jax values to wait for, compiled lazily},
+  the matmul FLOPs of the 'matmuls' part)."""
   cfg = sizes.config('lm')
   if cfg.scan_layers or cfg.mlp_type != 'gated':
     raise UserError('decode_parts times the W-tiny architecture (unscanned, gated MLP).')
@@ -117,7 +114,7 @@ def build(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> '_Calls
   params = models.init_params(model, jax.random.key(seed))
   prompts = jnp.asarray(workload.prompts(sizes, prompts_path))
   mask = jnp.ones_like(prompts)
-  config = _sampling_config(sizes)
+  config = w_tiny.sampling_config(sizes.new_tokens)
   rng = jax.random.key(seed + 1)
   b, p, n = sizes.batch, sizes.prompt_len, sizes.new_tokens
   phases = decode_phases(p, n)
@@ -143,22 +140,15 @@ def build(sizes: workload.Sizes, seed: int, prompts_path: str | None) -> '_Calls
   sampler = _sampler_program(n - 1, config.temperature)
   logits = 2.0 * jax.random.normal(jax.random.key(seed + 5), (b, cfg.vocab_size))
   step_flops = 2 * b * (sum(w.size for layer in layers for w in layer) + head.size)
-  return _Calls({
+  calls = {
       'generate': lambda i: rollout.generate(model, params, prompts, mask,
                                              jax.random.fold_in(rng, i), config=config),
       'prefill': lambda i: prefill(params, prompts, mask),
       'matmuls': lambda i: matmuls(layers, head, x),
       'attention': lambda i: attention(keys, values, q),
       'sampler': lambda i: sampler(logits, jax.random.fold_in(rng, i)),
-  }, matmul_flops=(n - 1) * step_flops)
-
-
-class _Calls(dict):
-  """name -> call(i), and the matmul FLOPs of the 'matmuls' part."""
-
-  def __init__(self, calls: dict[str, Callable], matmul_flops: float):
-    super().__init__(calls)
-    self.matmul_flops = matmul_flops
+  }
+  return calls, (n - 1) * step_flops
 
 
 def run(sizes: workload.Sizes, rounds: int = 5, iters: int = 3, warmup: int = 2, seed: int = 0,
@@ -167,7 +157,7 @@ def run(sizes: workload.Sizes, rounds: int = 5, iters: int = 3, warmup: int = 2,
   if rounds < 1:
     raise UserError(f'--rounds={rounds} must be >= 1.')
   peak = matmul_work.measure_matmul_peak()
-  calls = build(sizes, seed, prompts_path)
+  calls, matmul_flops = build(sizes, seed, prompts_path)
   names = ('generate',) + PARTS
   times: dict[str, list[float]] = {name: [] for name in names}
   for r in range(rounds):
@@ -180,7 +170,7 @@ def run(sizes: workload.Sizes, rounds: int = 5, iters: int = 3, warmup: int = 2,
       'rounds': rounds, 'iters': iters, 'warmup': warmup,
       **{f'{name}_s': median[name] for name in names},
       'parts_sum_s': parts_sum, 'rest_s': median['generate'] - parts_sum,
-      'matmuls_gflops': calls.matmul_flops / median['matmuls'] / 1e9,
+      'matmuls_gflops': matmul_flops / median['matmuls'] / 1e9,
       **matmul_work.work_figures(matmul_work.generation_flops(sizes), median['generate'], peak),
   }
 

@@ -29,8 +29,7 @@ def run(prompts_path: str | None, iters: int, warmup: int, seed: int) -> dict:
   mask = jnp.ones_like(prompts)
   model = models.Transformer(w_tiny.policy_config())
   params = models.init_params(model, jax.random.key(seed))
-  config = rollout.SamplingConfig(max_new_tokens=w_tiny.NEW_TOKENS, temperature=w_tiny.TEMPERATURE,
-                                  eos_id=w_tiny.EOS_ID, pad_id=w_tiny.PAD_ID, stop_at_eos=False)
+  config = w_tiny.sampling_config()
   rng = jax.random.key(seed + 1)
   holder = {}
 

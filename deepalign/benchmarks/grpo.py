@@ -27,7 +27,6 @@ from deepalign.benchmarks import matmul_work, timing, w_tiny, workload
 from deepalign.benchmarks.ppo import LEARNING_RATE, ZeroJudge, _check_metrics, initial_params
 from deepalign.errors import UserError
 from deepalign.models.transformer import Transformer
-from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train.rl.episodes import RolloutSpec
 from deepalign.train.rl.grpo_step import GRPOConfig, make_grpo_step
 from deepalign.train.rl.state import RLModels, RLState
@@ -39,10 +38,7 @@ BETA = 0.04
 
 def grpo_config(new_tokens: int = w_tiny.NEW_TOKENS) -> GRPOConfig:
   """The W-tiny GRPO step as a GRPOConfig (spelled out, not left to the defaults)."""
-  sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=w_tiny.TEMPERATURE, top_k=0,
-                            top_p=1.0, eos_id=w_tiny.EOS_ID, pad_id=w_tiny.PAD_ID,
-                            stop_at_eos=False)
-  rollout = RolloutSpec(sampling=sampling, group_size=GROUP_SIZE, recovery_coef=0.0,
+  rollout = RolloutSpec(sampling=w_tiny.sampling_config(new_tokens), group_size=GROUP_SIZE, recovery_coef=0.0,
                         logprobs_from_sampler=True)
   return GRPOConfig(rollout=rollout, beta=BETA, clip_eps=0.2, clip_eps_high=None,
                     scale_by_std=True, epochs=1, minibatches=1, aggregation='sequence_mean')

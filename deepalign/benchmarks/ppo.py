@@ -30,7 +30,6 @@ import optax
 
 from deepalign.benchmarks import matmul_work, ppo_pieces, timing, w_tiny, workload
 from deepalign.models.transformer import Transformer, init_params
-from deepalign.rollout.sampling_config import SamplingConfig
 from deepalign.train.rl.ppo_step import PPOConfig, make_ppo_step
 from deepalign.train.rl.episodes import RolloutSpec
 from deepalign.train.rl.state import RLModels, RLState
@@ -52,11 +51,8 @@ class ZeroJudge:
 
 def ppo_config(new_tokens: int = w_tiny.NEW_TOKENS) -> PPOConfig:
   """W_TINY.md's PPO iteration as a PPOConfig (spelled out, not left to the defaults)."""
-  sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=w_tiny.TEMPERATURE, top_k=0,
-                            top_p=1.0, eos_id=w_tiny.EOS_ID, pad_id=w_tiny.PAD_ID,
-                            stop_at_eos=False)
   # W_TINY.md allows the rollout log-probs to come from the sampler: it saves a policy forward.
-  rollout = RolloutSpec(sampling=sampling, recovery_coef=0.0, logprobs_from_sampler=True)
+  rollout = RolloutSpec(sampling=w_tiny.sampling_config(new_tokens), recovery_coef=0.0, logprobs_from_sampler=True)
   return PPOConfig(rollout=rollout, kl_coef=0.05,
                    kl_estimator='k1', kl_penalty_in='reward', gamma=1.0, lam=0.95,
                    whiten_rewards=False, whiten_advantages=True, epochs=1, minibatches=2,

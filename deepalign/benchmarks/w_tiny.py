@@ -6,6 +6,7 @@ import numpy as np
 
 from deepalign.errors import UserError
 from deepalign.models.config import ModelConfig
+from deepalign.rollout.sampling_config import SamplingConfig
 
 BATCH = 16
 PROMPT_LEN = 32
@@ -15,6 +16,13 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Seeds of the HF reference inits (torch.manual_seed): policy 0, value 1, reward 2.
 POLICY_SEED, VALUE_SEED, REWARD_SEED = 0, 1, 2
 PROMPTS_FILE = 'W_TINY_prompts.npy'
+
+
+def sampling_config(new_tokens: int = NEW_TOKENS) -> SamplingConfig:
+  """W_TINY.md's sampling: multinomial at temperature 1, no top-k / top-p, exactly `new_tokens`
+  tokens (EOS does not stop a row)."""
+  return SamplingConfig(max_new_tokens=new_tokens, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+                        eos_id=EOS_ID, pad_id=PAD_ID, stop_at_eos=False)
 
 
 def policy_config(**overrides) -> ModelConfig:

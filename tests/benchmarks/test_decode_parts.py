@@ -33,12 +33,12 @@ def _attention_flops(sizes: workload.Sizes) -> float:
 
 
 def test_matmul_and_attention_parts_are_the_decode_steps_of_the_generation():
-  calls = decode_parts.build(SIZES, seed=0, prompts_path=None)
+  _, matmul_flops = decode_parts.build(SIZES, seed=0, prompts_path=None)
   s, cfg = SIZES, SIZES.config('lm')
   prefill = matmul_work.forward_flops(cfg, s.batch, s.prompt_len,
                                       decode_phases(s.prompt_len, s.new_tokens)[0][1], 1,
                                       read_tokens=1)
-  np.testing.assert_allclose(calls.matmul_flops + _attention_flops(s) + prefill,
+  np.testing.assert_allclose(matmul_flops + _attention_flops(s) + prefill,
                              matmul_work.generation_flops(s), rtol=1e-12)
 
 
